@@ -1,0 +1,183 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// config is every setting of `go-proxy serve`. Each flag has an
+// environment variable; a flag given on the command line wins.
+type config struct {
+	HTTPAddr       string
+	RegistryAddr   string
+	AdminAddr      string
+	SessionGrace   time.Duration
+	IdleTimeout    time.Duration
+	StateFile      string
+	RegistryToken  string
+	TrustedProxies string
+	LogLevel       string
+
+	ShutdownTimeout     time.Duration
+	MaxSessions         int
+	MaxRoutesPerSession int
+	MaxConnsPerIP       int
+	RegistryAllow       string
+	StagedTTL           time.Duration
+	BackendTimeout      time.Duration
+	ConnectTimeout      time.Duration
+	BackendTestTimeout  time.Duration
+	HeaderTimeout       time.Duration
+	BodyTimeout         time.Duration
+	WriteTimeout        time.Duration
+	HTTPIdleTimeout     time.Duration
+	HTTPMaxConnsPerIP   int
+	InsecureBackends    bool
+}
+
+type flagSpec struct {
+	name, env, usage string
+	bind             func(fs *flag.FlagSet, name, usage string)
+}
+
+func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet("go-proxy serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	specs := []struct {
+		name, env, def, usage string
+		set                   func(string) error
+	}{
+		{"http-addr", "PROXY_HTTP_ADDR", ":80", "address of the HTTP data plane", str(&c.HTTPAddr)},
+		{"registry-addr", "PROXY_REGISTRY_ADDR", ":81", "address of the registry (registry v2 protocol)", str(&c.RegistryAddr)},
+		{"admin-addr", "PROXY_ADMIN_ADDR", ":9090", "address of the admin server (/metrics, /healthz, /readyz)", str(&c.AdminAddr)},
+		{"session-grace", "PROXY_SESSION_GRACE", "90s", "how long a disconnected session's routes keep serving", dur(&c.SessionGrace)},
+		{"idle-timeout", "PROXY_IDLE_TIMEOUT", "120s", "registry connection idle timeout", dur(&c.IdleTimeout)},
+		{"state-file", "PROXY_STATE_FILE", "", "file the registry state is persisted to and restored from (unset: no persistence)", str(&c.StateFile)},
+		{"registry-token", "PROXY_REGISTRY_TOKEN", "", "token services must send as metadata auth_token (unset: no token)", str(&c.RegistryToken)},
+		{"trusted-proxies", "PROXY_TRUSTED_PROXIES", "", "comma-separated CIDRs whose X-Forwarded-For is trusted (unset: none)", str(&c.TrustedProxies)},
+		{"log-level", "PROXY_LOG_LEVEL", "info", "log level: debug, info, warn or error", str(&c.LogLevel)},
+		{"shutdown-timeout", "PROXY_SHUTDOWN_TIMEOUT", "30s", "bound for in-flight requests to finish on SIGTERM", dur(&c.ShutdownTimeout)},
+		{"max-sessions", "PROXY_MAX_SESSIONS", "1024", "registry sessions at most, including sessions in grace", num(&c.MaxSessions)},
+		{"max-routes-per-session", "PROXY_MAX_ROUTES_PER_SESSION", "1000", "routes one session may hold", num(&c.MaxRoutesPerSession)},
+		{"max-conns-per-ip", "PROXY_MAX_CONNS_PER_IP", "64", "registry connections per source IP", num(&c.MaxConnsPerIP)},
+		{"registry-allow", "PROXY_REGISTRY_ALLOW", "", "comma-separated CIDRs allowed to connect to the registry (unset: all)", str(&c.RegistryAllow)},
+		{"staged-ttl", "PROXY_STAGED_TTL", "30m", "staged configuration left unchanged this long is discarded", dur(&c.StagedTTL)},
+		{"backend-timeout", "PROXY_BACKEND_TIMEOUT", "60s", "default wait for backend response headers", dur(&c.BackendTimeout)},
+		{"connect-timeout", "PROXY_CONNECT_TIMEOUT", "5s", "backend connect (and TLS handshake) timeout", dur(&c.ConnectTimeout)},
+		{"backend-test-timeout", "PROXY_BACKEND_TEST_TIMEOUT", "5s", "BACKEND_TEST probe timeout", dur(&c.BackendTestTimeout)},
+		{"http-header-timeout", "PROXY_HTTP_HEADER_TIMEOUT", "10s", "client request header read timeout", dur(&c.HeaderTimeout)},
+		{"http-body-timeout", "PROXY_HTTP_BODY_TIMEOUT", "10m", "client request body read timeout (total)", dur(&c.BodyTimeout)},
+		{"http-write-timeout", "PROXY_HTTP_WRITE_TIMEOUT", "10m", "client response write timeout (total)", dur(&c.WriteTimeout)},
+		{"http-idle-timeout", "PROXY_HTTP_IDLE_TIMEOUT", "60s", "client keep-alive idle timeout", dur(&c.HTTPIdleTimeout)},
+		{"http-max-conns-per-ip", "PROXY_HTTP_MAX_CONNS_PER_IP", "0", "client connections per IP (0: unlimited)", num(&c.HTTPMaxConnsPerIP)},
+		{"insecure-backends", "PROXY_INSECURE_BACKENDS", "false", "skip certificate verification for https backends", boolean(&c.InsecureBackends)},
+	}
+	for _, s := range specs {
+		if err := s.set(s.def); err != nil {
+			return nil, fmt.Errorf("default of -%s: %w", s.name, err)
+		}
+		if v := getenv(s.env); v != "" {
+			if err := s.set(v); err != nil {
+				return nil, fmt.Errorf("%s=%q: %w", s.env, v, err)
+			}
+		}
+		fs.Func(s.name, fmt.Sprintf("%s (env %s, default %q)", s.usage, s.env, s.def), s.set)
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if _, err := c.trustedPrefixes(); err != nil {
+		return nil, err
+	}
+	if _, err := parsePrefixes(c.RegistryAllow); err != nil {
+		return nil, fmt.Errorf("registry-allow: %w", err)
+	}
+	return c, nil
+}
+
+func str(p *string) func(string) error { return func(v string) error { *p = v; return nil } }
+
+func dur(p *time.Duration) func(string) error {
+	return func(v string) error {
+		if n, err := strconv.ParseUint(v, 10, 63); err == nil {
+			*p = time.Duration(n) * time.Second
+			return nil
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return fmt.Errorf("invalid duration %q", v)
+		}
+		*p = d
+		return nil
+	}
+}
+
+func num(p *int) func(string) error {
+	return func(v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return fmt.Errorf("invalid number %q", v)
+		}
+		*p = n
+		return nil
+	}
+}
+
+func boolean(p *bool) func(string) error {
+	return func(v string) error {
+		b, err := strconv.ParseBool(v)
+		*p = b
+		return err
+	}
+}
+
+func (c *config) trustedPrefixes() ([]netip.Prefix, error) {
+	p, err := parsePrefixes(c.TrustedProxies)
+	if err != nil {
+		return nil, fmt.Errorf("trusted-proxies: %w", err)
+	}
+	return p, nil
+}
+
+// parsePrefixes reads a comma list of CIDRs; a bare address is a /32 or /128.
+func parsePrefixes(list string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, item := range strings.Split(list, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		if !strings.Contains(item, "/") {
+			a, err := netip.ParseAddr(item)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+			continue
+		}
+		p, err := netip.ParsePrefix(item)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+func newLogger(level string, w io.Writer) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log-level: %w", err)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+var _ = os.Getenv

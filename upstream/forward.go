@@ -1,0 +1,197 @@
+package upstream
+
+import (
+	"errors"
+	"io"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+var (
+	errBodyTooLarge = errors.New("request body exceeds max_body_size")
+	protocolHTTP11  = []byte("HTTP/1.1")
+)
+
+// call is the per-request state of one forwarded request. It is pooled:
+// it carries the outgoing request, the backend response and scratch
+// buffers, and it is also the response body stream handed to fasthttp, so
+// that statistics and in-flight counts are settled when the body has been
+// written, with no allocation per request.
+type call struct {
+	proxy   *Proxy
+	out     fasthttp.Request
+	resp    fasthttp.Response
+	uri     []byte
+	scratch []byte
+
+	member   *Member
+	status   int
+	latency  time.Duration
+	stream   io.Reader
+	sent     int64
+	failed   bool
+	reqBody  bodyReader
+	compress compressor
+}
+
+// forward sends the request to member m's backend and relays the response.
+func (p *Proxy) forward(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, trial bool, start time.Time) error {
+	return p.forwardTo(ctx, m, cfg, trial, start, false)
+}
+
+// forwardTo does the work of forward; maintenance marks a request proxied
+// to a maintenance page, which counts for no breaker and gets
+// X-Maintenance-Mode instead of the route headers. On error nothing has
+// been written to ctx.
+func (p *Proxy) forwardTo(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, trial bool, start time.Time, maintenance bool) error {
+	c := p.calls.Get().(*call)
+	c.member = m
+	be := cfg.Backend
+	out := &c.out
+	c.prepareRequest(ctx, be, cfg, p)
+
+	m.InFlight.Add(1)
+	m.Session.InFlight.Add(1)
+	timeout := cfg.Timeout
+	if timeout <= 0 {
+		timeout = p.settings.DefaultTimeout
+	}
+	err := be.client.DoTimeout(out, &c.resp, timeout)
+	now := time.Now()
+	if err != nil {
+		if !maintenance {
+			m.Breaker.Done(trial, false, now.UnixNano())
+		}
+		if c.reqBody.tooLarge {
+			err = errBodyTooLarge
+		}
+		c.release()
+		return err
+	}
+	status := c.resp.StatusCode()
+	if !maintenance {
+		m.Breaker.Done(trial, status != 502 && status != 503 && status != 504, now.UnixNano())
+	}
+	enterBodyPhase(&c.resp)
+
+	h := &ctx.Response.Header
+	c.resp.Header.CopyTo(h)
+	h.SetProtocol(protocolHTTP11) // the client speaks to us, not to the backend
+	h.ResetConnectionClose()
+	removeHopByHop(h, c.resp.Header.Peek(headerConnection))
+	if maintenance {
+		h.SetBytesKV(headerMaintenanceMode, valueTrue)
+	} else {
+		for i := range cfg.Headers {
+			h.SetCanonical(cfg.Headers[i].Name, cfg.Headers[i].Value)
+		}
+	}
+	c.status = status
+	c.latency = now.Sub(start)
+
+	stream := c.resp.BodyStream()
+	if stream == nil || ctx.Request.Header.IsHead() {
+		c.finish()
+		return nil
+	}
+	size := c.resp.Header.ContentLength()
+	if cfg.Compression && !maintenance && c.compress.start(ctx, h, stream) {
+		stream, size = &c.compress, -1
+	}
+	c.stream = stream
+	ctx.Response.SetBodyStream(c, max(size, -1))
+	return nil
+}
+
+func (c *call) prepareRequest(ctx *fasthttp.RequestCtx, be *Backend, cfg *Config, p *Proxy) {
+	out := &c.out
+	in := &ctx.Request.Header
+	in.CopyTo(&out.Header)
+	out.Header.ResetConnectionClose()
+	removeHopByHopRequest(&out.Header, in.Peek(headerConnection))
+	c.scratch = appendForwardedFor(c.scratch[:0], ctx, p.settings.TrustedProxies)
+	out.Header.SetBytesKV(headerXForwardedFor, c.scratch)
+	c.scratch = appendClientIP(c.scratch[:0], ctx)
+	out.Header.SetBytesKV(headerXRealIP, c.scratch)
+	out.Header.SetBytesKV(headerXForwardedProto, p.scheme)
+	out.Header.SetBytesKV(headerXForwardedHost, ctx.Host())
+	if !cfg.PreserveHost {
+		out.Header.SetHostBytes(be.HostHeader)
+	}
+	out.UseHostHeader = true
+
+	c.uri = append(c.uri[:0], be.PathPrefix...)
+	c.uri = append(c.uri, ctx.URI().RequestURI()...)
+	out.SetRequestURIBytes(c.uri)
+
+	if cl := in.ContentLength(); cl != 0 {
+		if stream := ctx.RequestBodyStream(); stream != nil {
+			c.reqBody.reset(stream, cfg.MaxBodySize)
+			out.SetBodyStream(&c.reqBody, cl)
+		} else {
+			body := ctx.Request.Body()
+			c.reqBody.n = int64(len(body))
+			out.SetBodyRaw(body)
+		}
+	}
+}
+
+// Read relays the backend body to fasthttp, counting what the client gets.
+func (c *call) Read(p []byte) (int, error) {
+	n, err := c.stream.Read(p)
+	c.sent += int64(n)
+	if err != nil && err != io.EOF {
+		c.failed = true
+	}
+	return n, err
+}
+
+// Close is called by fasthttp once the body is written or abandoned.
+func (c *call) Close() error {
+	c.finish()
+	return nil
+}
+
+// finish settles statistics and counters and returns c to the pool.
+func (c *call) finish() {
+	m := c.member
+	m.Stats.Record(c.status, c.latency, c.sent, c.reqBody.n, c.failed, time.Now().UnixNano())
+	c.release()
+}
+
+func (c *call) release() {
+	m := c.member
+	m.InFlight.Add(-1)
+	m.Session.InFlight.Add(-1)
+	c.compress.reset()
+	_ = c.resp.CloseBodyStream()
+	c.resp.Reset()
+	c.out.Reset()
+	c.reqBody.reset(nil, 0)
+	c.member, c.stream, c.sent, c.failed, c.status = nil, nil, 0, false, 0
+	c.proxy.calls.Put(c)
+}
+
+// bodyReader relays the client's request body, counting it and enforcing
+// max_body_size on bodies without a declared length.
+type bodyReader struct {
+	r        io.Reader
+	n        int64
+	limit    int64
+	tooLarge bool
+}
+
+func (b *bodyReader) reset(r io.Reader, limit int64) {
+	b.r, b.n, b.limit, b.tooLarge = r, 0, limit, false
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	b.n += int64(n)
+	if b.limit > 0 && b.n > b.limit {
+		b.tooLarge = true
+		return n, errBodyTooLarge
+	}
+	return n, err
+}

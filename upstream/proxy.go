@@ -1,0 +1,163 @@
+package upstream
+
+import (
+	"errors"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/go-proxy/go-proxy/router"
+	"github.com/valyala/fasthttp"
+)
+
+// Settings configure the request path.
+type Settings struct {
+	// DefaultTimeout is the response-header timeout of routes without a
+	// timeout option (registry-v2 §1.8: 60 s).
+	DefaultTimeout time.Duration
+	// TrustedProxies are the peers whose X-Forwarded-For is kept and
+	// appended to; from anyone else it is replaced.
+	TrustedProxies []netip.Prefix
+	// MaintenancePageTimeout bounds the wait for a maintenance page's
+	// response headers before the built-in page is served (§6.4: 10 s).
+	MaintenancePageTimeout time.Duration
+	// Scheme is "http" or "https", for X-Forwarded-Proto.
+	Scheme string
+}
+
+// Proxy is the fasthttp request handler of the data plane.
+type Proxy struct {
+	table    *router.Table[*Member]
+	settings Settings
+	scheme   []byte
+	calls    sync.Pool
+}
+
+// NewProxy returns a proxy serving the routes of table.
+func NewProxy(table *router.Table[*Member], s Settings) *Proxy {
+	if s.DefaultTimeout <= 0 {
+		s.DefaultTimeout = 60 * time.Second
+	}
+	if s.MaintenancePageTimeout <= 0 {
+		s.MaintenancePageTimeout = 10 * time.Second
+	}
+	if s.Scheme == "" {
+		s.Scheme = "http"
+	}
+	p := &Proxy{table: table, settings: s, scheme: []byte(s.Scheme)}
+	p.calls.New = func() any { return &call{proxy: p} }
+	return p
+}
+
+// Handle serves one request. It is a fasthttp.RequestHandler.
+func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
+	start := time.Now()
+	now := start.UnixNano()
+	pool := p.table.Load().Lookup(ctx.Host(), ctx.Path())
+	if pool == nil {
+		writeNotFound(ctx)
+		return
+	}
+	upgrade := isWebSocketUpgrade(&ctx.Request.Header)
+	var tried uint64
+	for attempt := 0; ; attempt++ {
+		c := choose(pool, now, tried)
+		m := c.member
+		switch c.outcome {
+		case outcomeUnavailable:
+			writeUnavailable(ctx)
+			p.recordGenerated(ctx, m, start)
+			return
+		case outcomeDrain:
+			writeDraining(ctx)
+			p.recordGenerated(ctx, m, start)
+			return
+		case outcomeRateLimited:
+			writeRateLimited(ctx, c.retryAfter)
+			p.recordGenerated(ctx, m, start)
+			return
+		case outcomeMaintenance:
+			p.serveMaintenance(ctx, m, start)
+			return
+		}
+		cfg := m.Config()
+		if upgrade && !cfg.WebSocket {
+			m.Breaker.Done(c.trial, true, now)
+			writeText(ctx, fasthttp.StatusBadRequest, bodyWSNotAllowed)
+			p.recordGenerated(ctx, m, start)
+			return
+		}
+		if cfg.MaxBodySize > 0 && int64(ctx.Request.Header.ContentLength()) > cfg.MaxBodySize {
+			m.Breaker.Done(c.trial, true, now)
+			writeText(ctx, fasthttp.StatusRequestEntityTooLarge, bodyTooLarge)
+			p.recordGenerated(ctx, m, start)
+			return
+		}
+		if upgrade {
+			p.tunnel(ctx, m, cfg, c.trial, start)
+			return
+		}
+		err := p.forward(ctx, m, cfg, c.trial, start)
+		if err == nil {
+			return
+		}
+		var dialErr *DialError
+		if errors.As(err, &dialErr) && attempt < cfg.Retries && isIdempotent(ctx) && len(pool.Members) > 1 {
+			tried |= memberBit(pool, m)
+			continue
+		}
+		p.writeForwardError(ctx, m, err, start)
+		return
+	}
+}
+
+func memberBit(pool *router.Pool[*Member], m *Member) uint64 {
+	for i, x := range pool.Members {
+		if x == m && i < maxPoolScan {
+			return uint64(1) << i
+		}
+	}
+	return 0
+}
+
+func isIdempotent(ctx *fasthttp.RequestCtx) bool {
+	h := &ctx.Request.Header
+	return h.IsGet() || h.IsHead() || h.IsOptions() || h.IsTrace() || h.IsPut() || h.IsDelete()
+}
+
+func (p *Proxy) writeForwardError(ctx *fasthttp.RequestCtx, m *Member, err error, start time.Time) {
+	switch {
+	case errors.Is(err, errBodyTooLarge):
+		writeText(ctx, fasthttp.StatusRequestEntityTooLarge, bodyTooLarge)
+	case errors.Is(err, fasthttp.ErrTimeout):
+		writeText(ctx, fasthttp.StatusGatewayTimeout, bodyGatewayTimeout)
+	default:
+		writeText(ctx, fasthttp.StatusBadGateway, bodyBadGateway)
+	}
+	p.recordGenerated(ctx, m, start)
+}
+
+// recordGenerated counts a response the proxy made itself for member m.
+func (p *Proxy) recordGenerated(ctx *fasthttp.RequestCtx, m *Member, start time.Time) {
+	if m == nil {
+		return
+	}
+	now := time.Now()
+	m.Stats.Record(ctx.Response.StatusCode(), now.Sub(start), int64(len(ctx.Response.Body())), 0, false, now.UnixNano())
+}
+
+// serveMaintenance answers for a member in maintenance: its page URL,
+// proxied like a backend, or the built-in page (§6.4).
+func (p *Proxy) serveMaintenance(ctx *fasthttp.RequestCtx, m *Member, start time.Time) {
+	mt := m.maint.Load()
+	if mt == nil || mt.Page == nil || isWebSocketUpgrade(&ctx.Request.Header) {
+		writeBuiltinMaintenance(ctx)
+		p.recordGenerated(ctx, m, start)
+		return
+	}
+	cfg := &Config{Backend: mt.Page, Timeout: p.settings.MaintenancePageTimeout}
+	if err := p.forwardTo(ctx, m, cfg, false, start, true); err != nil {
+		writeBuiltinMaintenance(ctx)
+		p.recordGenerated(ctx, m, start)
+	}
+}

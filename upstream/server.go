@@ -1,0 +1,54 @@
+package upstream
+
+import (
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// ServerSettings are the client-facing listener's limits. Every phase of a
+// connection has a bound, so nothing can hold one forever.
+type ServerSettings struct {
+	HeaderTimeout time.Duration // reading the request line and headers
+	BodyTimeout   time.Duration // reading a request body, in total
+	WriteTimeout  time.Duration // writing a response, in total
+	IdleTimeout   time.Duration // keep-alive wait for the next request
+	MaxHeaderSize int           // request line plus headers, in bytes
+	MaxConnsPerIP int           // 0 = unlimited
+	Concurrency   int           // connections served at once; 0 = fasthttp default
+}
+
+// DefaultServerSettings suit an edge proxy.
+var DefaultServerSettings = ServerSettings{
+	HeaderTimeout: 10 * time.Second,
+	BodyTimeout:   10 * time.Minute,
+	WriteTimeout:  10 * time.Minute,
+	IdleTimeout:   60 * time.Second,
+	MaxHeaderSize: 16 << 10,
+}
+
+// NewServer returns the fasthttp server for the data plane. Request bodies
+// stream to the backend as they arrive instead of being buffered.
+func NewServer(handler fasthttp.RequestHandler, s ServerSettings) *fasthttp.Server {
+	return &fasthttp.Server{
+		Handler:                       handler,
+		Name:                          "",
+		NoDefaultServerHeader:         true,
+		NoDefaultContentType:          true,
+		ReadTimeout:                   s.HeaderTimeout,
+		WriteTimeout:                  s.WriteTimeout,
+		IdleTimeout:                   s.IdleTimeout,
+		ReadBufferSize:                s.MaxHeaderSize,
+		WriteBufferSize:               16 << 10,
+		MaxConnsPerIP:                 s.MaxConnsPerIP,
+		Concurrency:                   s.Concurrency,
+		StreamRequestBody:             true,
+		DisablePreParseMultipartForm:  true,
+		DisableHeaderNamesNormalizing: false,
+		TCPKeepalive:                  true,
+		CloseOnShutdown:               true,
+		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
+			return fasthttp.RequestConfig{ReadTimeout: s.BodyTimeout}
+		},
+	}
+}
