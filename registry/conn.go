@@ -76,7 +76,11 @@ func (c *conn) drain() {
 			break
 		}
 		consumed, progressed := c.consume(buf)
-		_, _ = c.gc.Discard(consumed)
+		// gnet's Discard treats n <= 0 as "everything": never pass 0, or a
+		// partial line waiting for the rest of its bytes would be lost.
+		if consumed > 0 {
+			_, _ = c.gc.Discard(consumed)
+		}
 		if !progressed {
 			break
 		}
@@ -132,12 +136,10 @@ func (c *conn) consume(buf []byte) (consumed int, progressed bool) {
 func (c *conn) execute(line string) {
 	rep := c.srv.r.handle(c, line)
 	c.write(rep.lines)
-	if rep.close {
-		c.closing = true
-		return
-	}
 	if rep.async == nil {
-		if rep.after != nil {
+		if rep.close {
+			c.closing = true
+		} else if rep.after != nil {
 			rep.after()
 		}
 		return
@@ -147,7 +149,11 @@ func (c *conn) execute(line string) {
 		lines := rep.async()
 		_ = c.gc.Wake(func(gnet.Conn, error) error {
 			c.write(lines)
-			if rep.after != nil {
+			// A closing reply (CLIENT_SHUTDOWN with a state file) closes
+			// only once its lines, written after the persist, are out.
+			if rep.close {
+				c.closing = true
+			} else if rep.after != nil {
 				rep.after()
 			}
 			c.busy = false

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -53,7 +54,7 @@ func startServer(r *Registry) (*server, error) {
 			gnet.WithReuseAddr(true),
 			gnet.WithTCPKeepAlive(30*time.Second),
 			gnet.WithTicker(true),
-			gnet.WithLogLevel(4), // errors only
+			gnet.WithLogger(gnetLogger{r.log}),
 		)
 		select {
 		case s.booted <- err:
@@ -184,3 +185,13 @@ func allowed(ip netip.Addr, list []netip.Prefix) bool {
 	}
 	return false
 }
+
+// gnetLogger routes gnet's own logging into the registry's slog logger,
+// where its launch chatter is debug-level.
+type gnetLogger struct{ log *slog.Logger }
+
+func (l gnetLogger) Debugf(format string, args ...any) { l.log.Debug(fmt.Sprintf(format, args...)) }
+func (l gnetLogger) Infof(format string, args ...any)  { l.log.Debug(fmt.Sprintf(format, args...)) }
+func (l gnetLogger) Warnf(format string, args ...any)  { l.log.Warn(fmt.Sprintf(format, args...)) }
+func (l gnetLogger) Errorf(format string, args ...any) { l.log.Error(fmt.Sprintf(format, args...)) }
+func (l gnetLogger) Fatalf(format string, args ...any) { l.log.Error(fmt.Sprintf(format, args...)) }

@@ -171,16 +171,29 @@ func (d *dialer) dial(addr string) (net.Conn, error) {
 	return bc, nil
 }
 
-// backendConn lets the proxy lift the response-header deadline once the
-// headers are in: fasthttp keeps a request's deadline on the connection
-// while a streamed body is read, but the route timeout bounds only the wait
-// for headers (§6.9). In the body phase every read gets a fresh idle
-// deadline instead, so a stalled backend still cannot hold a client forever.
+// backendConn makes the route timeout bound only the wait for response
+// headers after the request has been sent (§6.9), although fasthttp applies
+// one deadline, computed before sending, to the whole exchange:
+//
+//   - Sending: fasthttp puts that deadline on the writes, which would cut a
+//     streamed upload that outlasts the timeout. Writes get a fresh idle
+//     deadline each instead, and the timeout is re-armed in full when
+//     fasthttp sets the read deadline, which it does once the request is out.
+//   - Body: fasthttp keeps the deadline on the connection while a streamed
+//     response body is read. Once the headers are in, every read gets a
+//     fresh idle deadline instead.
+//
+// So a stalled backend still cannot hold a client forever.
 type backendConn struct {
 	net.Conn
 	local     connAddr
 	bodyIdle  time.Duration
 	bodyPhase atomic.Bool
+	// Set by SetWriteDeadline before each request (fasthttp uses a conn
+	// from one goroutine at a time).
+	reqDeadline time.Time
+	reqTimeout  time.Duration
+	writeIdle   bool
 }
 
 // connAddr is what the conn reports as its local address; fasthttp hands
@@ -193,8 +206,30 @@ type connAddr struct {
 
 func (c *backendConn) LocalAddr() net.Addr { return &c.local }
 
+func (c *backendConn) SetWriteDeadline(t time.Time) error {
+	c.reqDeadline, c.writeIdle = t, !t.IsZero()
+	if t.IsZero() {
+		c.reqTimeout = 0
+		return c.Conn.SetWriteDeadline(t)
+	}
+	c.reqTimeout = time.Until(t)
+	return nil // Write sets the idle deadline
+}
+
+func (c *backendConn) Write(p []byte) (int, error) {
+	if c.writeIdle {
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.bodyIdle))
+	}
+	return c.Conn.Write(p)
+}
+
 func (c *backendConn) SetReadDeadline(t time.Time) error {
 	c.bodyPhase.Store(false)
+	if c.reqTimeout > 0 && t.Equal(c.reqDeadline) {
+		// The request deadline, armed now that the request has been sent:
+		// the response-header timeout starts here.
+		t = time.Now().Add(c.reqTimeout)
+	}
 	return c.Conn.SetReadDeadline(t)
 }
 

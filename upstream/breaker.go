@@ -39,10 +39,14 @@ var DefaultBreakerSettings = BreakerSettings{Threshold: 5, Timeout: 30 * time.Se
 // winner per transition and the breaker never stampedes when it half-opens:
 // at most HalfOpenRequests trials hold a slot at a time.
 type Breaker struct {
-	settings    atomic.Pointer[BreakerSettings]
-	state       atomic.Int32
-	failures    atomic.Int64
-	successes   atomic.Int64
+	settings  atomic.Pointer[BreakerSettings]
+	state     atomic.Int32
+	failures  atomic.Int64
+	successes atomic.Int64
+	// trials counts the half-open trials in flight. Every admitted trial
+	// gives its slot back (Done or Release), so the count is exact across
+	// state changes and is never reset: zeroing it would let new trials in
+	// beside ones still running.
 	trials      atomic.Int32
 	nextAttempt atomic.Int64 // unix nanoseconds
 	lastFailure atomic.Int64 // unix nanoseconds, 0 = never
@@ -63,7 +67,6 @@ func (b *Breaker) Reset() {
 	prev := BreakerState(b.state.Swap(int32(BreakerClosed)))
 	b.failures.Store(0)
 	b.successes.Store(0)
-	b.trials.Store(0)
 	b.nextAttempt.Store(0)
 	if prev != BreakerClosed {
 		b.emit(prev, BreakerClosed)
@@ -136,20 +139,33 @@ func (b *Breaker) Acquire(now int64) (trial, ok bool) {
 
 func (b *Breaker) toHalfOpen() {
 	if b.state.CompareAndSwap(int32(BreakerOpen), int32(BreakerHalfOpen)) {
-		b.trials.Store(0)
 		b.emit(BreakerOpen, BreakerHalfOpen)
+	}
+}
+
+// Release gives back the half-open slot of an admitted request that the
+// proxy refused before contacting the backend. Such a request is no
+// outcome (§6.7 counts forwarded requests): it must neither reset the
+// failure count nor close a half-open breaker.
+func (b *Breaker) Release(trial bool) {
+	if trial {
+		b.releaseTrial()
+	}
+}
+
+func (b *Breaker) releaseTrial() {
+	for {
+		n := b.trials.Load()
+		if n <= 0 || b.trials.CompareAndSwap(n, n-1) {
+			return
+		}
 	}
 }
 
 // Done records the outcome of an admitted request.
 func (b *Breaker) Done(trial, success bool, now int64) {
 	if trial {
-		for {
-			n := b.trials.Load()
-			if n <= 0 || b.trials.CompareAndSwap(n, n-1) {
-				break
-			}
-		}
+		b.releaseTrial()
 	}
 	st := b.settings.Load()
 	if success {

@@ -111,11 +111,11 @@ func (c *call) prepareRequest(ctx *fasthttp.RequestCtx, be *Backend, cfg *Config
 	out.Header.ResetConnectionClose()
 	removeHopByHopRequest(&out.Header, in.Peek(headerConnection))
 	c.scratch = appendForwardedFor(c.scratch[:0], ctx, p.settings.TrustedProxies)
-	out.Header.SetBytesKV(headerXForwardedFor, c.scratch)
+	setSingle(&out.Header, headerXForwardedFor, c.scratch)
 	c.scratch = appendClientIP(c.scratch[:0], ctx)
-	out.Header.SetBytesKV(headerXRealIP, c.scratch)
-	out.Header.SetBytesKV(headerXForwardedProto, p.scheme)
-	out.Header.SetBytesKV(headerXForwardedHost, ctx.Host())
+	setSingle(&out.Header, headerXRealIP, c.scratch)
+	setSingle(&out.Header, headerXForwardedProto, p.scheme)
+	setSingle(&out.Header, headerXForwardedHost, ctx.Host())
 	if !cfg.PreserveHost {
 		out.Header.SetHostBytes(be.HostHeader)
 	}

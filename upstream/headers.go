@@ -12,7 +12,8 @@ import (
 // slices so that setting them allocates nothing.
 var (
 	headerConnection      = "Connection"
-	headerXForwardedFor   = []byte("X-Forwarded-For")
+	nameXForwardedFor     = "X-Forwarded-For"
+	headerXForwardedFor   = []byte(nameXForwardedFor)
 	headerXRealIP         = []byte("X-Real-IP")
 	headerXForwardedProto = []byte("X-Forwarded-Proto")
 	headerXForwardedHost  = []byte("X-Forwarded-Host")
@@ -81,14 +82,28 @@ func appendClientIP(dst []byte, ctx *fasthttp.RequestCtx) []byte {
 // is replaced, so clients cannot forge the chain.
 func appendForwardedFor(dst []byte, ctx *fasthttp.RequestCtx, trusted []netip.Prefix) []byte {
 	a := clientAddr(ctx)
-	if prior := ctx.Request.Header.PeekBytes(headerXForwardedFor); len(prior) > 0 && isTrusted(a, trusted) {
-		dst = append(dst, prior...)
-		dst = append(dst, commaSpace...)
+	if len(trusted) > 0 && isTrusted(a, trusted) {
+		// Several X-Forwarded-For lines are one list, in order (RFC 9110
+		// §5.3); keeping only the first would drop hops.
+		for _, prior := range ctx.Request.Header.PeekAll(nameXForwardedFor) {
+			if len(prior) > 0 {
+				dst = append(dst, prior...)
+				dst = append(dst, commaSpace...)
+			}
+		}
 	}
 	if a.IsValid() {
 		dst = a.AppendTo(dst)
 	}
 	return dst
+}
+
+// setSingle replaces every line of header key with one line holding value.
+// A plain Set rewrites only the first line, so a client sending a header
+// twice would get its second, forged line through to the backend.
+func setSingle(h *fasthttp.RequestHeader, key, value []byte) {
+	h.DelBytes(key)
+	h.AddBytesKV(key, value)
 }
 
 func isTrusted(a netip.Addr, trusted []netip.Prefix) bool {

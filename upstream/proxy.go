@@ -82,13 +82,13 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 		}
 		cfg := m.Config()
 		if upgrade && !cfg.WebSocket {
-			m.Breaker.Done(c.trial, true, now)
+			m.Breaker.Release(c.trial)
 			writeText(ctx, fasthttp.StatusBadRequest, bodyWSNotAllowed)
 			p.recordGenerated(ctx, m, start)
 			return
 		}
 		if cfg.MaxBodySize > 0 && int64(ctx.Request.Header.ContentLength()) > cfg.MaxBodySize {
-			m.Breaker.Done(c.trial, true, now)
+			m.Breaker.Release(c.trial)
 			writeText(ctx, fasthttp.StatusRequestEntityTooLarge, bodyTooLarge)
 			p.recordGenerated(ctx, m, start)
 			return

@@ -12,6 +12,7 @@ import (
 )
 
 var (
+	aLongTimeAgo     = time.Unix(1, 0)
 	headerUpgrade    = []byte("Upgrade")
 	headerConnBytes  = []byte("Connection")
 	valueWebSocket   = []byte("websocket")
@@ -111,6 +112,10 @@ func splice(client, backend net.Conn, backendHead []byte, stats *Stats) {
 	var once sync.Once
 	closeBoth := func() {
 		once.Do(func() {
+			// A hijacked fasthttp conn's Close is a no-op until the hijack
+			// handler returns, so it would not wake the copy blocked reading
+			// from the client; a deadline in the past does.
+			_ = client.SetDeadline(aLongTimeAgo)
 			_ = client.Close()
 			_ = backend.Close()
 		})
