@@ -13,11 +13,13 @@ build:
 run: build
 	./$(BIN) serve -http-addr :8080 -registry-addr :8081 -admin-addr :9090
 
-# The whole test suite: vet, then every test with the race detector, then a
-# bounded fuzz run of the registry line parser.
+# The whole test suite: vet, every test with the race detector, the
+# allocation tests (which need the race detector off), then a bounded fuzz
+# run of the registry line parser.
 test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -count=1 -run 'Alloc' ./router/ ./upstream/
 	$(GO) test -run='^$$' -fuzz=FuzzLine -fuzztime=$(FUZZTIME) ./registry/
 
 fuzz:

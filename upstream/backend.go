@@ -2,11 +2,12 @@ package upstream
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"strings"
-	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/puzpuzpuz/xsync/v3"
@@ -24,6 +25,7 @@ type Backend struct {
 	Addr       string // host:port to dial
 	client     *fasthttp.HostClient
 	dialer     *dialer
+	bodyIdle   time.Duration
 }
 
 // dial opens a raw connection for a WebSocket tunnel.
@@ -104,7 +106,7 @@ func (t *Transport) Backend(raw string) (*Backend, error) {
 	pool, _ := t.pools.LoadOrCompute(key, func() *hostPool {
 		return t.newHostPool(addr, host, secure)
 	})
-	b.client, b.dialer = pool.client, pool.dialer
+	b.client, b.dialer, b.bodyIdle = pool.client, pool.dialer, t.settings.BodyIdle
 	return b, nil
 }
 
@@ -118,17 +120,14 @@ func (t *Transport) newHostPool(addr, serverName string, secure bool) *hostPool 
 		}
 	}
 	return &hostPool{dialer: d, client: &fasthttp.HostClient{
-		Addr:                          addr,
-		Dial:                          d.dial,
-		MaxConns:                      t.settings.MaxConnsPerURL,
-		MaxIdleConnDuration:           t.settings.IdleConnTime,
-		MaxIdemponentCallAttempts:     1,
-		StreamResponseBody:            true,
-		DisablePathNormalizing:        true,
-		DisableHeaderNamesNormalizing: false,
-		NoDefaultUserAgentHeader:      true,
-		ReadBufferSize:                16 << 10,
-		WriteBufferSize:               16 << 10,
+		Addr:                     addr,
+		Dial:                     d.dial,
+		MaxConns:                 t.settings.MaxConnsPerURL,
+		MaxIdleConnDuration:      t.settings.IdleConnTime,
+		DisablePathNormalizing:   true,
+		NoDefaultUserAgentHeader: true,
+		ReadBufferSize:           16 << 10,
+		WriteBufferSize:          16 << 10,
 	}}
 }
 
@@ -166,84 +165,41 @@ func (d *dialer) dial(addr string) (net.Conn, error) {
 		_ = tc.SetDeadline(time.Time{})
 		conn = tc
 	}
-	bc := &backendConn{Conn: conn, bodyIdle: d.bodyIdle}
-	bc.local = connAddr{Addr: raw.LocalAddr(), conn: bc}
-	return bc, nil
+	return &backendConn{Conn: conn, idle: d.bodyIdle}, nil
 }
 
-// backendConn makes the route timeout bound only the wait for response
-// headers after the request has been sent (§6.9), although fasthttp applies
-// one deadline, computed before sending, to the whole exchange:
-//
-//   - Sending: fasthttp puts that deadline on the writes, which would cut a
-//     streamed upload that outlasts the timeout. Writes get a fresh idle
-//     deadline each instead, and the timeout is re-armed in full when
-//     fasthttp sets the read deadline, which it does once the request is out.
-//   - Body: fasthttp keeps the deadline on the connection while a streamed
-//     response body is read. Once the headers are in, every read gets a
-//     fresh idle deadline instead.
-//
-// So a stalled backend still cannot hold a client forever.
+// backendConn applies idle deadlines while bodies stream: every write, and
+// every read once the response headers are in, must make progress within
+// idle, so a stalled backend cannot hold a client forever while a long
+// upload or download is never cut for its total length. The header wait is
+// bounded separately by the exchange. A connection is used by one request
+// at a time, so the fields need no synchronisation.
 type backendConn struct {
 	net.Conn
-	local     connAddr
-	bodyIdle  time.Duration
-	bodyPhase atomic.Bool
-	// Set by SetWriteDeadline before each request (fasthttp uses a conn
-	// from one goroutine at a time).
-	reqDeadline time.Time
-	reqTimeout  time.Duration
-	writeIdle   bool
-}
-
-// connAddr is what the conn reports as its local address; fasthttp hands
-// it back through Response.LocalAddr, which is how the proxy finds the conn
-// that carries a response without any lookup.
-type connAddr struct {
-	net.Addr
-	conn *backendConn
-}
-
-func (c *backendConn) LocalAddr() net.Addr { return &c.local }
-
-func (c *backendConn) SetWriteDeadline(t time.Time) error {
-	c.reqDeadline, c.writeIdle = t, !t.IsZero()
-	if t.IsZero() {
-		c.reqTimeout = 0
-		return c.Conn.SetWriteDeadline(t)
-	}
-	c.reqTimeout = time.Until(t)
-	return nil // Write sets the idle deadline
+	idle      time.Duration
+	bodyPhase bool
+	exchanges int
 }
 
 func (c *backendConn) Write(p []byte) (int, error) {
-	if c.writeIdle {
-		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.bodyIdle))
+	if c.idle > 0 {
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(c.idle))
 	}
 	return c.Conn.Write(p)
 }
 
-func (c *backendConn) SetReadDeadline(t time.Time) error {
-	c.bodyPhase.Store(false)
-	if c.reqTimeout > 0 && t.Equal(c.reqDeadline) {
-		// The request deadline, armed now that the request has been sent:
-		// the response-header timeout starts here.
-		t = time.Now().Add(c.reqTimeout)
-	}
-	return c.Conn.SetReadDeadline(t)
-}
-
 func (c *backendConn) Read(p []byte) (int, error) {
-	if c.bodyPhase.Load() {
-		_ = c.Conn.SetReadDeadline(time.Now().Add(c.bodyIdle))
+	if c.bodyPhase && c.idle > 0 {
+		_ = c.Conn.SetReadDeadline(time.Now().Add(c.idle))
 	}
 	return c.Conn.Read(p)
 }
 
-// enterBodyPhase switches the connection that delivered resp to per-read
-// idle deadlines.
-func enterBodyPhase(resp *fasthttp.Response) {
-	if a, ok := resp.LocalAddr().(*connAddr); ok {
-		a.conn.bodyPhase.Store(true)
-	}
+func (c *backendConn) setReadDeadline(t time.Time) error {
+	c.bodyPhase = false
+	return c.Conn.SetReadDeadline(t)
+}
+
+func isConnReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }

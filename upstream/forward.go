@@ -33,6 +33,7 @@ type call struct {
 	failed   bool
 	reqBody  bodyReader
 	compress compressor
+	x        exchange
 }
 
 // forward sends the request to member m's backend and relays the response.
@@ -57,7 +58,7 @@ func (p *Proxy) forwardTo(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, tria
 	if timeout <= 0 {
 		timeout = p.settings.DefaultTimeout
 	}
-	err := be.client.DoTimeout(out, &c.resp, timeout)
+	err := c.x.roundTrip(be.client, out, &c.resp, timeout, be.bodyIdle, isIdempotent(ctx))
 	now := time.Now()
 	if err != nil {
 		if !maintenance {
@@ -73,7 +74,6 @@ func (p *Proxy) forwardTo(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, tria
 	if !maintenance {
 		m.Breaker.Done(trial, status != 502 && status != 503 && status != 504, now.UnixNano())
 	}
-	enterBodyPhase(&c.resp)
 
 	h := &ctx.Response.Header
 	c.resp.Header.CopyTo(h)
@@ -90,11 +90,11 @@ func (p *Proxy) forwardTo(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, tria
 	c.status = status
 	c.latency = now.Sub(start)
 
-	stream := c.resp.BodyStream()
-	if stream == nil || ctx.Request.Header.IsHead() {
+	if !c.x.hasBody() {
 		c.finish()
 		return nil
 	}
+	var stream io.Reader = &c.x
 	size := c.resp.Header.ContentLength()
 	if cfg.Compression && !maintenance && c.compress.start(ctx, h, stream) {
 		stream, size = &c.compress, -1
@@ -110,6 +110,8 @@ func (c *call) prepareRequest(ctx *fasthttp.RequestCtx, be *Backend, cfg *Config
 	in.CopyTo(&out.Header)
 	out.Header.ResetConnectionClose()
 	removeHopByHopRequest(&out.Header, in.Peek(headerConnection))
+	// The listener already answered any Expect: 100-continue.
+	out.Header.DelBytes(headerExpect)
 	c.scratch = appendForwardedFor(c.scratch[:0], ctx, p.settings.TrustedProxies)
 	setSingle(&out.Header, headerXForwardedFor, c.scratch)
 	c.scratch = appendClientIP(c.scratch[:0], ctx)
@@ -165,7 +167,7 @@ func (c *call) release() {
 	m.InFlight.Add(-1)
 	m.Session.InFlight.Add(-1)
 	c.compress.reset()
-	_ = c.resp.CloseBodyStream()
+	c.x.finish(&c.resp)
 	c.resp.Reset()
 	c.out.Reset()
 	c.reqBody.reset(nil, 0)

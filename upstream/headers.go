@@ -18,6 +18,7 @@ var (
 	headerXForwardedProto = []byte("X-Forwarded-Proto")
 	headerXForwardedHost  = []byte("X-Forwarded-Host")
 	commaSpace            = []byte(", ")
+	headerExpect          = []byte("Expect")
 )
 
 // hopByHop are removed in both directions; Upgrade is put back only on an
