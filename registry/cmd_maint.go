@@ -111,7 +111,7 @@ func cmdMaintEnter(r *Registry, _ *conn, s *session, f []string, now time.Time) 
 func cmdMaintExit(r *Registry, _ *conn, s *session, f []string, now time.Time) reply {
 	target := f[2]
 	routes, all, err := maintTargets(s, target)
-	if err != nil && !(target == "ALL") {
+	if err != nil {
 		return fail(err)
 	}
 	var urls []string

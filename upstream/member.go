@@ -81,6 +81,14 @@ func (m *Member) SetRateLimit(requests int64, window time.Duration) {
 	m.limiter.Store(NewTokenBucket(requests, window))
 }
 
+// refundToken returns a token taken for a request that was refused
+// before it reached the backend.
+func (m *Member) refundToken() {
+	if b := m.limiter.Load(); b != nil {
+		b.Refund()
+	}
+}
+
 // RateLimit reports the current limit settings, if any.
 func (m *Member) RateLimit() (requests int64, window time.Duration, ok bool) {
 	b := m.limiter.Load()

@@ -83,12 +83,14 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 		cfg := m.Config()
 		if upgrade && !cfg.WebSocket {
 			m.Breaker.Release(c.trial)
+			m.refundToken()
 			writeText(ctx, fasthttp.StatusBadRequest, bodyWSNotAllowed)
 			p.recordGenerated(ctx, m, start)
 			return
 		}
 		if cfg.MaxBodySize > 0 && int64(ctx.Request.Header.ContentLength()) > cfg.MaxBodySize {
 			m.Breaker.Release(c.trial)
+			m.refundToken()
 			writeText(ctx, fasthttp.StatusRequestEntityTooLarge, bodyTooLarge)
 			p.recordGenerated(ctx, m, start)
 			return

@@ -903,3 +903,29 @@ func TestChooseMaintenanceKeepsStandbyOut(t *testing.T) {
 		t.Errorf("outcome %d member %d, want maintenance of the connected member", c.outcome, c.member.RouteID)
 	}
 }
+
+// A request refused before it reaches the backend (413 here) takes no
+// rate-limit token (§6.8: only forwarded requests take one).
+func TestRefusedRequestKeepsRateLimitToken(t *testing.T) {
+	h := newHarness(t, Settings{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		fmt.Fprint(w, "ok")
+	}))
+	t.Cleanup(srv.Close)
+	m := h.member(srv.URL, func(c *Config) { c.MaxBodySize = 10 })
+	m.SetRateLimit(1, time.Hour)
+	h.route("rl413.test", "/", m)
+	c := httpClient()
+	for i := 0; i < 3; i++ {
+		if status, _, _ := h.do(c, "POST", "rl413.test", "/", strings.NewReader(strings.Repeat("x", 11))); status != 413 {
+			t.Fatalf("oversized POST %d: status %d, want 413", i, status)
+		}
+	}
+	if status, _, body := h.do(c, "GET", "rl413.test", "/", nil); status != 200 || body != "ok" {
+		t.Fatalf("first forwarded request: %d %q; the refused ones must not have spent the only token", status, body)
+	}
+	if status, _, _ := h.do(c, "GET", "rl413.test", "/", nil); status != 429 {
+		t.Fatalf("second forwarded request: %d, want 429", status)
+	}
+}

@@ -54,3 +54,14 @@ func (b *TokenBucket) HasToken(now int64) bool {
 	}
 	return start+b.interval-now <= b.burst
 }
+
+// Refund gives back a token taken for a request that was not forwarded
+// after all (§6.8: only forwarded requests take one).
+func (b *TokenBucket) Refund() {
+	for {
+		tat := b.tat.Load()
+		if b.tat.CompareAndSwap(tat, tat-b.interval) {
+			return
+		}
+	}
+}

@@ -134,3 +134,23 @@ func TestRetryAfterSeconds(t *testing.T) {
 		t.Errorf("without a limit: %d", status)
 	}
 }
+
+func TestTokenBucketRefund(t *testing.T) {
+	b := NewTokenBucket(2, time.Hour)
+	now := time.Now().UnixNano()
+	for i := 0; i < 2; i++ {
+		if ok, _ := b.Take(now); !ok {
+			t.Fatalf("take %d refused", i)
+		}
+	}
+	if ok, _ := b.Take(now); ok {
+		t.Fatal("third take admitted from a bucket of 2")
+	}
+	b.Refund()
+	if ok, _ := b.Take(now); !ok {
+		t.Fatal("a refunded token was not available again")
+	}
+	if ok, _ := b.Take(now); ok {
+		t.Fatal("refund gave back more than one token")
+	}
+}

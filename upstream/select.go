@@ -119,6 +119,7 @@ func take(members []*Member, eligible uint64, first, n int, now int64) choice {
 		if ok {
 			trial, admitted := m.Breaker.Acquire(now)
 			if !admitted {
+				m.refundToken()
 				return choice{outcome: outcomeUnavailable, member: m}
 			}
 			return choice{outcome: outcomeForward, member: m, trial: trial}
