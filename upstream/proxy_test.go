@@ -929,3 +929,23 @@ func TestRefusedRequestKeepsRateLimitToken(t *testing.T) {
 		t.Fatalf("second forwarded request: %d, want 429", status)
 	}
 }
+
+// TestChooseEvenWhenMembersSkipped: round-robin spreads evenly over the
+// eligible members even when a member between them is skipped.
+func TestChooseEvenWhenMembersSkipped(t *testing.T) {
+	s := NewSession("s", "svc", true)
+	ms := []*Member{bareMember(1, s), bareMember(2, s), bareMember(3, s)}
+	ms[1].Health.unhealthy.Store(true)
+	pool := poolOf(ms...)
+	counts := map[uint64]int{}
+	for i := 0; i < 300; i++ {
+		c := choose(pool, t0, 0)
+		if c.outcome != outcomeForward {
+			t.Fatalf("outcome %d", c.outcome)
+		}
+		counts[c.member.RouteID]++
+	}
+	if counts[1] != 150 || counts[3] != 150 || counts[2] != 0 {
+		t.Fatalf("spread %v, want 150/0/150", counts)
+	}
+}

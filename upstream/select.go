@@ -81,8 +81,9 @@ func choose(pool *router.Pool[*Member], now int64, tried uint64) choice {
 	if eligible == 0 {
 		return choice{outcome: outcomeMaintenance, member: latestMaintenance(members, group)}
 	}
-	start := int(pool.Cursor.Add(1)-1) % n
-	idx := nextSet(eligible, start, n)
+	// Round-robin over the eligible members themselves, so a member that
+	// is skipped does not hand its turn to its neighbour.
+	idx := nthSet(eligible, int(pool.Cursor.Add(1)-1)%bits.OnesCount64(eligible))
 	m := members[idx]
 	if draining&(uint64(1)<<idx) != 0 && rand.Int64N(1_000_000) >= m.Session.drain.Load().Share(now) {
 		// Shed: another eligible member that is not draining, then (when
@@ -127,6 +128,14 @@ func take(members []*Member, eligible uint64, first, n int, now int64) choice {
 		idx = nextSet(eligible, idx+1, n)
 	}
 	return choice{outcome: outcomeRateLimited, member: firstMember, retryAfter: wait}
+}
+
+// nthSet returns the index of the k-th set bit of mask (k from 0).
+func nthSet(mask uint64, k int) int {
+	for ; k > 0; k-- {
+		mask &= mask - 1
+	}
+	return bits.TrailingZeros64(mask)
 }
 
 // nextSet returns the first set bit of mask at or after start, wrapping.
