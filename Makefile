@@ -4,7 +4,18 @@ BIN       ?= bin/go-proxy
 FUZZTIME  ?= 20s
 BENCHTIME ?= 1s
 
-.PHONY: build run test fuzz bench lint clean
+# The bench suite (bench/README.md). Every run stops by itself.
+GPBENCH         ?= bin/gpbench
+BENCH_DURATION  ?= 5s
+BENCH_WARMUP    ?= 1s
+BENCH_ROUNDS    ?= 3
+BENCH_DRIVER    ?= loadgen
+BENCH_SCENARIOS ?= all
+BENCH_OUT       ?= bin/bench-results.json
+BENCH_FLAGS     ?=
+THRESHOLD       ?= 0.05
+
+.PHONY: build run test fuzz bench bench-micro bench-suite bench-compare bench-agree bench-tool lint clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/go-proxy
@@ -25,9 +36,49 @@ test:
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzLine -fuzztime=5m ./registry/
 
-# Microbenchmarks of the hot path.
-bench:
-	$(GO) test -run='^$$' -bench=. -benchmem -benchtime=$(BENCHTIME) ./router/ ./upstream/ ./registry/
+# A bounded soak run, not part of `make test`: the whole proxy in one
+# process under steady traffic and registry churn for SOAK_DURATION; fails
+# on goroutine or heap growth or on a failed request to a stable route.
+SOAK_DURATION ?= 3m
+.PHONY: soak
+soak:
+	SOAK_DURATION=$(SOAK_DURATION) $(GO) test -tags soak -run '^TestSoak$$' -count=1 -timeout 60m -v ./cmd/go-proxy/
+
+# Microbenchmarks of the hot path, then the bench suite with short runs
+# (1 s, 3 rounds), bounded at 10 minutes. The suite runs even when a
+# microbenchmark fails; the target fails if either did.
+BENCH_MICRO = $(GO) test -run='^$$' -bench=. -benchmem -benchtime=$(BENCHTIME) ./router/ ./upstream/ ./registry/
+
+bench: build bench-tool
+	status=0; \
+	$(BENCH_MICRO) || status=1; \
+	./$(GPBENCH) run -proxy $(BIN) -duration 1s -warmup 500ms -rounds 3 -timeout 10m -out $(BENCH_OUT) $(BENCH_FLAGS) || status=1; \
+	exit $$status
+
+bench-micro:
+	$(BENCH_MICRO)
+
+# Every scenario direct, through go-proxy and through haproxy/nginx when
+# installed, in alternation: make bench-suite BENCH_DURATION=5s BENCH_ROUNDS=3
+bench-suite: build bench-tool
+	./$(GPBENCH) run -proxy $(BIN) -duration $(BENCH_DURATION) -warmup $(BENCH_WARMUP) -rounds $(BENCH_ROUNDS) \
+		-driver $(BENCH_DRIVER) -scenarios $(BENCH_SCENARIOS) -out $(BENCH_OUT) $(BENCH_FLAGS)
+
+# The build of BASE (built in a temporary git worktree) against the work
+# tree, in alternation; fails on a throughput drop beyond THRESHOLD + noise.
+bench-compare: build bench-tool
+	@if [ -z "$(BASE)" ]; then echo "usage: make bench-compare BASE=<git ref> [THRESHOLD=0.05]" >&2; exit 2; fi
+	./$(GPBENCH) compare -base $(BASE) -proxy $(BIN) -threshold $(THRESHOLD) -duration $(BENCH_DURATION) \
+		-warmup $(BENCH_WARMUP) -rounds $(BENCH_ROUNDS) -driver $(BENCH_DRIVER) -scenarios $(BENCH_SCENARIOS) \
+		-out bin/bench-compare.json $(BENCH_FLAGS)
+
+# The Go load generator against wrk, in alternation.
+bench-agree: build bench-tool
+	./$(GPBENCH) agree -proxy $(BIN) -duration $(BENCH_DURATION) -warmup $(BENCH_WARMUP) -rounds $(BENCH_ROUNDS) \
+		-out bin/bench-agree.json $(BENCH_FLAGS)
+
+bench-tool:
+	$(GO) build -o $(GPBENCH) ./bench/cmd/gpbench
 
 lint:
 	gofmt -l . | tee /dev/stderr | (! read)

@@ -8,9 +8,12 @@ package health
 
 import (
 	"container/heap"
+	"context"
 	"crypto/tls"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/url"
 	"strconv"
 	"strings"
@@ -34,6 +37,9 @@ type Check struct {
 type Settings struct {
 	Workers int // probes in flight at most; default 64
 	Logger  *slog.Logger
+	// Allow is the backend allow-list: a probe of an address outside it
+	// fails with reason "address not allowed" and nothing is sent.
+	Allow upstream.AllowList
 }
 
 // Checker schedules and runs health probes.
@@ -46,6 +52,7 @@ type Checker struct {
 	stop    chan struct{}
 	wg      sync.WaitGroup
 	client  *fasthttp.Client
+	allow   upstream.AllowList
 	stopped bool
 }
 
@@ -65,10 +72,11 @@ func NewChecker(s Settings) *Checker {
 		s.Workers = 64
 	}
 	c := &Checker{
-		jobs: map[*upstream.Member]*job{},
-		wake: make(chan struct{}, 1),
-		work: make(chan *job),
-		stop: make(chan struct{}),
+		allow: s.Allow,
+		jobs:  map[*upstream.Member]*job{},
+		wake:  make(chan struct{}, 1),
+		work:  make(chan *job),
+		stop:  make(chan struct{}),
 		client: &fasthttp.Client{
 			NoDefaultUserAgentHeader: false,
 			Name:                     "go-proxy-health",
@@ -76,6 +84,14 @@ func NewChecker(s Settings) *Checker {
 			MaxIdleConnDuration:      30 * time.Second,
 			DisablePathNormalizing:   true,
 		},
+	}
+	if len(s.Allow) > 0 {
+		allow := s.Allow
+		c.client.DialTimeout = func(addr string, timeout time.Duration) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			return allow.DialContext(ctx, &net.Dialer{}, "tcp", addr)
+		}
 	}
 	c.wg.Add(1 + s.Workers)
 	go c.schedule()
@@ -219,11 +235,21 @@ func (c *Checker) probe(j *job) (bool, string) {
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(resp)
+	if len(c.allow) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), j.check.Timeout)
+		err := c.allow.CheckURLHost(ctx, hostOf(j.url))
+		cancel()
+		if err != nil {
+			return false, reasonNotAllowed
+		}
+	}
 	req.SetRequestURI(j.url)
 	req.Header.SetMethod(fasthttp.MethodGet)
 	resp.SkipBody = true
 	err := c.client.DoTimeout(req, resp, j.check.Timeout)
 	switch {
+	case errors.Is(err, upstream.ErrAddressNotAllowed):
+		return false, reasonNotAllowed
 	case err == fasthttp.ErrTimeout:
 		return false, "timeout"
 	case err != nil:
@@ -272,4 +298,16 @@ func (h *jobHeap) Pop() any {
 	*h = old[:len(old)-1]
 	j.index = -1
 	return j
+}
+
+// reasonNotAllowed is the failure reason of a probe the backend
+// allow-list refused.
+const reasonNotAllowed = "address not allowed"
+
+func hostOf(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	return u.Hostname()
 }

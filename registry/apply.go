@@ -158,11 +158,12 @@ func checkRouteSpec(spec routeSpec, backendErr string) error {
 }
 
 // conflictLocked returns a session of another service holding an active
-// route on the same domain, path and priority.
+// route on the same domain, path and priority. The routes file's session
+// never pools with a registered one, whatever its service name.
 func (r *Registry) conflictLocked(s *session, k poolKey) *session {
 	var found *session
 	for other := range r.index[k] {
-		if other != s && other.service != s.service && (found == nil || other.id < found.id) {
+		if other != s && (other.service != s.service || other.static != s.static) && (found == nil || other.id < found.id) {
 			found = other
 		}
 	}

@@ -145,7 +145,7 @@ func cmdBackendTest(r *Registry, _ *conn, _ *session, f []string, _ time.Time) r
 	target := f[2]
 	timeout := r.cfg.BackendTestTimeout
 	return reply{async: func() []string {
-		res := probeBackend(target, timeout)
+		res := probeBackend(target, timeout, r.cfg.BackendAllow)
 		name := "BACKEND_OK"
 		if !res.Reachable {
 			name = "BACKEND_FAIL"

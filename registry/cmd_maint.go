@@ -87,7 +87,7 @@ func cmdMaintEnter(r *Registry, _ *conn, s *session, f []string, now time.Time) 
 		lines: []string{"ACK"},
 		async: func() []string {
 			r.persist.wait(version)
-			if page == "" || verifyReachable([]string{page}, time.Second, 5*time.Second, deadline) {
+			if page == "" || verifyReachable([]string{page}, time.Second, 5*time.Second, deadline, r.cfg.BackendAllow) {
 				return []string{"MAINT_OK|" + echo}
 			}
 			r.mu.Lock()
@@ -138,7 +138,7 @@ func cmdMaintExit(r *Registry, _ *conn, s *session, f []string, now time.Time) r
 		lines: []string{"ACK"},
 		async: func() []string {
 			r.persist.wait(version)
-			if len(urls) == 0 || verifyReachable(urls, 500*time.Millisecond, 5*time.Second, deadline) {
+			if len(urls) == 0 || verifyReachable(urls, 500*time.Millisecond, 5*time.Second, deadline, r.cfg.BackendAllow) {
 				return []string{"MAINT_OK|" + echo}
 			}
 			return []string{"ERROR|timeout waiting for backend to become reachable"}

@@ -415,6 +415,7 @@ func cmdConfigApplyPartial(r *Registry, _ *conn, s *session, f []string, now tim
 
 func (r *Registry) applyReply(s *session, sc scopes, now time.Time) reply {
 	res, err := r.applyLocked(s, sc, now)
+	r.metrics.countApply(err)
 	if err != nil {
 		return fail(err)
 	}

@@ -66,12 +66,13 @@ func (r *Registry) limitReply(c *conn, l []string) []string {
 }
 
 // handle executes one non-empty line in the order of checks of §1.7.
-func (r *Registry) handle(c *conn, line string) reply {
+func (r *Registry) handle(c *conn, line string) (rep reply) {
 	if c.overLimit {
 		return reply{lines: r.limitReply(c, nil), close: true}
 	}
 	f := strings.Split(line, "|")
 	word := f[0]
+	defer r.metrics.countReply(word, &rep) // ERROR replies, by command (metrics.go)
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -31,6 +31,9 @@ type Config struct {
 	MaxConnsPerIP       int
 	StagedTTL           time.Duration
 	BackendTestTimeout  time.Duration
+	// BackendAllow is the optional backend allow-list: BACKEND_TEST and
+	// maintenance verification refuse addresses outside it.
+	BackendAllow upstream.AllowList
 	// MaintenanceEnterDeadline and MaintenanceExitDeadline bound page and
 	// backend verification (§4.23: 20 s and 8 s).
 	MaintenanceEnterDeadline time.Duration
@@ -88,7 +91,8 @@ type Registry struct {
 	byIdentity map[identity]*session
 	index      map[poolKey]map[*session]int
 	nextRoute  uint64
-	version    uint64 // bumped on every change worth persisting
+	version    uint64   // bumped on every change worth persisting
+	static     *session // owner of the routes file's routes (static.go); nil until ApplyStatic
 
 	server    *server
 	liveEvent chan liveEvent
@@ -96,6 +100,7 @@ type Registry struct {
 	stop      chan struct{}
 	stopped   sync.WaitGroup
 	closing   atomic.Bool
+	metrics   registryMetrics // metrics.go
 }
 
 type poolKey struct {

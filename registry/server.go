@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -131,12 +132,21 @@ func (s *server) OnClose(gc gnet.Conn, _ error) gnet.Action {
 	return gnet.None
 }
 
-// OnTraffic executes the complete lines received so far.
-func (s *server) OnTraffic(gc gnet.Conn) gnet.Action {
+// OnTraffic executes the complete lines received so far. A panic while
+// executing them is logged and closes only this connection.
+func (s *server) OnTraffic(gc gnet.Conn) (action gnet.Action) {
 	c, ok := gc.Context().(*conn)
 	if !ok {
 		return gnet.Close
 	}
+	defer func() {
+		if v := recover(); v != nil {
+			s.r.log.Error("panic executing registry input; connection closed",
+				"panic", v, "remote", c.ip.String(), "stack", string(debug.Stack()))
+			c.closing = true
+			action = gnet.Close
+		}
+	}()
 	return c.onTraffic()
 }
 
@@ -147,6 +157,9 @@ func (s *server) OnTick() (time.Duration, gnet.Action) {
 	s.conns.Range(func(c *conn, _ struct{}) bool {
 		if now-c.lastActivity.Load() >= idle {
 			_ = c.gc.Close()
+		} else if c.blocked.Load() {
+			// Execution waits for the peer to read its replies: look again.
+			_ = c.gc.Wake(nil)
 		}
 		return true
 	})
@@ -164,7 +177,9 @@ func (s *server) close() {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_ = s.eng.Stop(ctx)
+	// Stop polls for the engine's end only every 500 ms; gnet.Run returning
+	// (done) is the same signal without the wait, which a restart feels.
+	go func() { _ = s.eng.Stop(ctx) }()
 	<-s.done
 }
 

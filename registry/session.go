@@ -41,6 +41,9 @@ type session struct {
 
 	drain *drainState
 	subs  map[string]bool
+
+	// static marks the reserved session of the routes file (static.go).
+	static bool
 }
 
 func newSession(id, service, instance string, now time.Time) *session {

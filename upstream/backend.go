@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -45,6 +46,8 @@ type TransportSettings struct {
 	// InsecureSkipVerify disables certificate checks for https backends
 	// (a server setting, registry-v2 §6.11).
 	InsecureSkipVerify bool
+	// Allow is the backend allow-list (allow.go); empty allows all.
+	Allow AllowList
 }
 
 // DefaultTransportSettings are the defaults of registry-v2 §1.8.
@@ -111,7 +114,7 @@ func (t *Transport) Backend(raw string) (*Backend, error) {
 }
 
 func (t *Transport) newHostPool(addr, serverName string, secure bool) *hostPool {
-	d := &dialer{timeout: t.settings.ConnectTimeout, bodyIdle: t.settings.BodyIdle}
+	d := &dialer{timeout: t.settings.ConnectTimeout, bodyIdle: t.settings.BodyIdle, allow: t.settings.Allow}
 	if secure {
 		d.tls = &tls.Config{
 			ServerName:         serverName,
@@ -142,11 +145,20 @@ type dialer struct {
 	timeout  time.Duration
 	bodyIdle time.Duration
 	tls      *tls.Config
+	allow    AllowList
 }
 
 func (d *dialer) dial(addr string) (net.Conn, error) {
 	deadline := time.Now().Add(d.timeout)
-	raw, err := net.DialTimeout("tcp", addr, d.timeout)
+	var raw net.Conn
+	var err error
+	if len(d.allow) > 0 {
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		raw, err = d.allow.DialContext(ctx, &net.Dialer{}, "tcp", addr)
+		cancel()
+	} else {
+		raw, err = net.DialTimeout("tcp", addr, d.timeout)
+	}
 	if err != nil {
 		return nil, &DialError{err}
 	}

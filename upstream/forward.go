@@ -10,7 +10,12 @@ import (
 
 var (
 	errBodyTooLarge = errors.New("request body exceeds max_body_size")
-	protocolHTTP11  = []byte("HTTP/1.1")
+	// errClientBody and errClientTimeout report a request body the client
+	// framed badly or sent too slowly (guard.go answers 400 and 408).
+	errClientBody    = errors.New("malformed request body")
+	errClientTimeout = errors.New("request body timed out")
+	errPanic         = errors.New("panic while relaying the response body")
+	protocolHTTP11   = []byte("HTTP/1.1")
 )
 
 // call is the per-request state of one forwarded request. It is pooled:
@@ -34,6 +39,10 @@ type call struct {
 	reqBody  bodyReader
 	compress compressor
 	x        exchange
+	// entry is the access-log record, captured from the request when
+	// forwarding starts (only with an access log) and sent, as a copy,
+	// when the call settles.
+	entry AccessEntry
 }
 
 // forward sends the request to member m's backend and relays the response.
@@ -51,6 +60,9 @@ func (p *Proxy) forwardTo(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, tria
 	be := cfg.Backend
 	out := &c.out
 	c.prepareRequest(ctx, be, cfg, p)
+	if p.settings.AccessLog != nil {
+		c.entry.capture(ctx, start)
+	}
 
 	m.InFlight.Add(1)
 	m.Session.InFlight.Add(1)
@@ -61,11 +73,26 @@ func (p *Proxy) forwardTo(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, tria
 	err := c.x.roundTrip(be.client, out, &c.resp, timeout, be.bodyIdle, isIdempotent(ctx))
 	now := time.Now()
 	if err != nil {
-		if !maintenance {
-			m.Breaker.Done(trial, false, now.UnixNano())
-		}
-		if c.reqBody.tooLarge {
+		// A fault of the client's body (too large, malformed chunked
+		// framing, too slow) is answered as the client's and is no
+		// failure of the backend's.
+		clientFault := true
+		switch {
+		case c.reqBody.tooLarge:
 			err = errBodyTooLarge
+		case c.reqBody.err != nil && isTimeout(c.reqBody.err):
+			err = errClientTimeout
+		case c.reqBody.err != nil:
+			err = errClientBody
+		default:
+			clientFault = false
+		}
+		switch {
+		case maintenance:
+		case clientFault:
+			m.Breaker.Release(trial)
+		default:
+			m.Breaker.Done(trial, false, now.UnixNano())
 		}
 		c.release()
 		return err
@@ -140,8 +167,11 @@ func (c *call) prepareRequest(ctx *fasthttp.RequestCtx, be *Backend, cfg *Config
 }
 
 // Read relays the backend body to fasthttp, counting what the client gets.
-func (c *call) Read(p []byte) (int, error) {
-	n, err := c.stream.Read(p)
+// It runs after the handler has returned, outside Recover: a panic while
+// decoding the backend's body fails this response instead of the process.
+func (c *call) Read(p []byte) (n int, err error) {
+	defer c.recoverRead(&n, &err)
+	n, err = c.stream.Read(p)
 	c.sent += int64(n)
 	if err != nil && err != io.EOF {
 		c.failed = true
@@ -158,7 +188,12 @@ func (c *call) Close() error {
 // finish settles statistics and counters and returns c to the pool.
 func (c *call) finish() {
 	m := c.member
-	m.Stats.Record(c.status, c.latency, c.sent, c.reqBody.n, c.failed, time.Now().UnixNano())
+	now := time.Now()
+	m.Stats.Record(c.status, c.latency, c.sent, c.reqBody.n, c.failed, now.UnixNano())
+	if l := c.proxy.settings.AccessLog; l != nil {
+		c.entry.settle(m, c.status, c.latency, c.sent, c.reqBody.n, now)
+		l.Log(c.entry)
+	}
 	c.release()
 }
 
@@ -182,14 +217,28 @@ type bodyReader struct {
 	n        int64
 	limit    int64
 	tooLarge bool
+	err      error // the client's read error: bad framing, timeout, reset
 }
 
 func (b *bodyReader) reset(r io.Reader, limit int64) {
-	b.r, b.n, b.limit, b.tooLarge = r, 0, limit, false
+	b.r, b.n, b.limit, b.tooLarge, b.err = r, 0, limit, false, nil
 }
 
 func (b *bodyReader) Read(p []byte) (int, error) {
+	// Errors are sticky: fasthttp's chunked request writer ignores an
+	// error that comes with data and reads again, which would go on
+	// parsing a client's body past its framing fault (and past the body
+	// limit) and forward what follows as body data.
+	if b.tooLarge {
+		return 0, errBodyTooLarge
+	}
+	if b.err != nil {
+		return 0, b.err
+	}
 	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		b.err = err
+	}
 	b.n += int64(n)
 	if b.limit > 0 && b.n > b.limit {
 		b.tooLarge = true

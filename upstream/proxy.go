@@ -23,6 +23,15 @@ type Settings struct {
 	MaintenancePageTimeout time.Duration
 	// Scheme is "http" or "https", for X-Forwarded-Proto.
 	Scheme string
+	// MaxRequestHeaders bounds a request's header lines; more get 431
+	// (guard.go). 0 means DefaultMaxRequestHeaders.
+	MaxRequestHeaders int
+	// AccessLog receives one entry per settled request; nil turns the
+	// access log off at the cost of one nil check (accesslog.go).
+	AccessLog AccessLog
+	// Counters are the proxy-wide counters (metrics.go); proxies built
+	// from the same Settings share them. nil: the proxy makes its own.
+	Counters *ProxyCounters
 }
 
 // Proxy is the fasthttp request handler of the data plane.
@@ -31,6 +40,7 @@ type Proxy struct {
 	settings Settings
 	scheme   []byte
 	calls    sync.Pool
+	counters *ProxyCounters
 }
 
 // NewProxy returns a proxy serving the routes of table.
@@ -44,7 +54,10 @@ func NewProxy(table *router.Table[*Member], s Settings) *Proxy {
 	if s.Scheme == "" {
 		s.Scheme = "http"
 	}
-	p := &Proxy{table: table, settings: s, scheme: []byte(s.Scheme)}
+	if s.Counters == nil {
+		s.Counters = new(ProxyCounters)
+	}
+	p := &Proxy{table: table, settings: s, scheme: []byte(s.Scheme), counters: s.Counters}
 	p.calls.New = func() any { return &call{proxy: p} }
 	return p
 }
@@ -53,9 +66,16 @@ func NewProxy(table *router.Table[*Member], s Settings) *Proxy {
 func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
 	now := start.UnixNano()
-	pool := p.table.Load().Lookup(ctx.Host(), ctx.Path())
+	path, ok := p.admit(ctx)
+	if !ok {
+		p.logGenerated(ctx, nil, start) // refused before routing (guard.go)
+		return
+	}
+	pool := p.table.Load().Lookup(ctx.Host(), path)
 	if pool == nil {
 		writeNotFound(ctx)
+		p.counters.unmatched.Add(1)
+		p.logGenerated(ctx, nil, start)
 		return
 	}
 	upgrade := isWebSocketUpgrade(&ctx.Request.Header)
@@ -70,10 +90,12 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 			return
 		case outcomeDrain:
 			writeDraining(ctx)
+			m.Stats.drained.Add(1)
 			p.recordGenerated(ctx, m, start)
 			return
 		case outcomeRateLimited:
 			writeRateLimited(ctx, c.retryAfter)
+			m.Stats.rateLimited.Add(1)
 			p.recordGenerated(ctx, m, start)
 			return
 		case outcomeMaintenance:
@@ -131,6 +153,10 @@ func (p *Proxy) writeForwardError(ctx *fasthttp.RequestCtx, m *Member, err error
 	switch {
 	case errors.Is(err, errBodyTooLarge):
 		writeText(ctx, fasthttp.StatusRequestEntityTooLarge, bodyTooLarge)
+	case err == errClientBody:
+		refuse(ctx, fasthttp.StatusBadRequest, bodyBadRequest)
+	case err == errClientTimeout:
+		refuse(ctx, fasthttp.StatusRequestTimeout, bodyRequestTimeout)
 	case errors.Is(err, fasthttp.ErrTimeout):
 		writeText(ctx, fasthttp.StatusGatewayTimeout, bodyGatewayTimeout)
 	default:
@@ -146,6 +172,7 @@ func (p *Proxy) recordGenerated(ctx *fasthttp.RequestCtx, m *Member, start time.
 	}
 	now := time.Now()
 	m.Stats.Record(ctx.Response.StatusCode(), now.Sub(start), int64(len(ctx.Response.Body())), 0, false, now.UnixNano())
+	p.logGenerated(ctx, m, start)
 }
 
 // serveMaintenance answers for a member in maintenance: its page URL,

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"log/slog"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -16,6 +17,9 @@ type ServerSettings struct {
 	MaxHeaderSize int           // request line plus headers, in bytes
 	MaxConnsPerIP int           // 0 = unlimited
 	Concurrency   int           // connections served at once; 0 = fasthttp default
+	// Logger receives panics recovered from the handler (guard.go);
+	// nil means slog.Default().
+	Logger *slog.Logger
 }
 
 // DefaultServerSettings suit an edge proxy.
@@ -30,25 +34,35 @@ var DefaultServerSettings = ServerSettings{
 // NewServer returns the fasthttp server for the data plane. Request bodies
 // stream to the backend as they arrive instead of being buffered.
 func NewServer(handler fasthttp.RequestHandler, s ServerSettings) *fasthttp.Server {
-	return &fasthttp.Server{
-		Handler:                       handler,
-		Name:                          "",
-		NoDefaultServerHeader:         true,
-		NoDefaultContentType:          true,
-		ReadTimeout:                   s.HeaderTimeout,
-		WriteTimeout:                  s.WriteTimeout,
-		IdleTimeout:                   s.IdleTimeout,
-		ReadBufferSize:                s.MaxHeaderSize,
-		WriteBufferSize:               16 << 10,
-		MaxConnsPerIP:                 s.MaxConnsPerIP,
+	srv := &fasthttp.Server{
+		Handler:               Recover(handler, s.Logger),
+		ErrorHandler:          parseError,
+		Name:                  "",
+		NoDefaultServerHeader: true,
+		NoDefaultContentType:  true,
+		ReadTimeout:           s.HeaderTimeout,
+		WriteTimeout:          s.WriteTimeout,
+		IdleTimeout:           s.IdleTimeout,
+		ReadBufferSize:        s.MaxHeaderSize,
+		WriteBufferSize:       16 << 10,
+		// MaxConnsPerIP is enforced by ConnState below: fasthttp's own
+		// per-IP wrapper races its Close (from Shutdown) against the
+		// connection's reader.
 		Concurrency:                   s.Concurrency,
 		StreamRequestBody:             true,
 		DisablePreParseMultipartForm:  true,
 		DisableHeaderNamesNormalizing: false,
 		TCPKeepalive:                  true,
 		CloseOnShutdown:               true,
+		// Parse errors are logged without the request's bytes: clients
+		// must not be able to write arbitrary text into the log.
+		SecureErrorLogMessage: true,
 		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
 			return fasthttp.RequestConfig{ReadTimeout: s.BodyTimeout}
 		},
 	}
+	if s.MaxConnsPerIP > 0 {
+		srv.ConnState = newIPLimiter(s.MaxConnsPerIP).state
+	}
+	return srv
 }

@@ -16,6 +16,12 @@ type Stats struct {
 	bytesReceived atomic.Uint64
 	codes         atomic.Pointer[statusTable]
 	latency       atomic.Pointer[latencyWindows]
+	// Prometheus counters (metrics.go): a cumulative latency histogram
+	// with fixed buckets, and requests refused by the rate limit or a
+	// completed drain.
+	histogram   atomic.Pointer[promHistogram]
+	rateLimited atomic.Uint64
+	drained     atomic.Uint64
 }
 
 type statusTable [600]atomic.Uint64
@@ -109,6 +115,7 @@ func (s *Stats) Record(status int, latency time.Duration, sent, received int64, 
 		}
 	}
 	us := uint64(max(latency, 0) / time.Microsecond)
+	s.observe(us)
 	slot.counts[latencyBucket(us)].Add(1)
 	slot.sumUS.Add(us)
 	slot.count.Add(1)

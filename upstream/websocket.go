@@ -86,10 +86,12 @@ func (p *Proxy) tunnel(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, trial b
 		_ = backendConn.Close()
 		ctx.Response.SetBody(body)
 		m.Stats.Record(status, latency, int64(len(body)), 0, false, time.Now().UnixNano())
+		p.logForwarded(ctx, m, status, latency, int64(len(body)), start)
 		return
 	}
 	_ = backendConn.SetDeadline(time.Time{})
 	m.Stats.Record(status, latency, 0, 0, false, time.Now().UnixNano())
+	p.logForwarded(ctx, m, status, latency, 0, start)
 	m.InFlight.Add(1)
 	m.Session.InFlight.Add(1)
 	pending := br.Buffered()

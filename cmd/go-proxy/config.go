@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"strconv"
@@ -40,6 +41,36 @@ type config struct {
 	HTTPIdleTimeout     time.Duration
 	HTTPMaxConnsPerIP   int
 	InsecureBackends    bool
+
+	// Hardening (README "Hardening").
+	HTTPMaxConns      int
+	HTTPMaxHeaders    int
+	HTTPMaxHeaderSize int
+	BackendAllow      string
+
+	// Observability (admin.go, accesslog.go).
+	AccessLog       string
+	AccessLogFormat string
+	AccessLogBuffer int
+	AdminToken      string
+
+	// Edge deployment (tls.go, acme.go, redirect.go, routesfile.go).
+	HTTPSAddr      string
+	CertsDir       string
+	TLSCerts       []string
+	TLSKeys        []string
+	RedirectHTTPS  bool
+	ReloadInterval time.Duration
+	RoutesFile     string
+	ACMEDomains    string
+	ACMEEmail      string
+	ACMECacheDir   string
+	ACMEDirectory  string
+	ACMECARoots    string
+
+	// inherited are listening sockets passed by systemd socket activation
+	// (listen.go), by name: "http", "https", "admin".
+	inherited map[string]net.Listener
 }
 
 type flagSpec struct {
@@ -57,7 +88,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	}{
 		{"http-addr", "PROXY_HTTP_ADDR", ":80", "address of the HTTP data plane", str(&c.HTTPAddr)},
 		{"registry-addr", "PROXY_REGISTRY_ADDR", ":81", "address of the registry (registry v2 protocol)", str(&c.RegistryAddr)},
-		{"admin-addr", "PROXY_ADMIN_ADDR", ":9090", "address of the admin server (/metrics, /healthz, /readyz)", str(&c.AdminAddr)},
+		{"admin-addr", "PROXY_ADMIN_ADDR", ":9090", "address of the admin server (/metrics, /healthz, /readyz, /api/..., dashboard at /)", str(&c.AdminAddr)},
 		{"session-grace", "PROXY_SESSION_GRACE", "90s", "how long a disconnected session's routes keep serving", dur(&c.SessionGrace)},
 		{"idle-timeout", "PROXY_IDLE_TIMEOUT", "120s", "registry connection idle timeout", dur(&c.IdleTimeout)},
 		{"state-file", "PROXY_STATE_FILE", "", "file the registry state is persisted to and restored from (unset: no persistence)", str(&c.StateFile)},
@@ -79,6 +110,31 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 		{"http-idle-timeout", "PROXY_HTTP_IDLE_TIMEOUT", "60s", "client keep-alive idle timeout", dur(&c.HTTPIdleTimeout)},
 		{"http-max-conns-per-ip", "PROXY_HTTP_MAX_CONNS_PER_IP", "0", "client connections per IP (0: unlimited)", num(&c.HTTPMaxConnsPerIP)},
 		{"insecure-backends", "PROXY_INSECURE_BACKENDS", "false", "skip certificate verification for https backends", boolean(&c.InsecureBackends)},
+		{"http-max-conns", "PROXY_HTTP_MAX_CONNS", "0", "client connections served at once in total; more get 503 (0: fasthttp's 262144)", num(&c.HTTPMaxConns)},
+		{"http-max-headers", "PROXY_HTTP_MAX_HEADERS", "100", "header lines of a client request; more get 431", num(&c.HTTPMaxHeaders)},
+		{"http-max-header-size", "PROXY_HTTP_MAX_HEADER_SIZE", "16384", "bytes of a client request line plus headers; more get 431", num(&c.HTTPMaxHeaderSize)},
+		{"backend-allow", "PROXY_BACKEND_ALLOW", "", "comma-separated CIDRs backends, health checks, BACKEND_TEST and maintenance pages may connect to (unset: all)", str(&c.BackendAllow)},
+		{"access-log", "PROXY_ACCESS_LOG", "", `access log: "stdout" or a file path, reopened on SIGHUP (unset: off)`, str(&c.AccessLog)},
+		{"access-log-format", "PROXY_ACCESS_LOG_FORMAT", "json", "access log format: json (one object per line) or common (Common Log Format)", str(&c.AccessLogFormat)},
+		{"access-log-buffer", "PROXY_ACCESS_LOG_BUFFER", "8192", "access log queue length; entries beyond it are dropped and counted", num(&c.AccessLogBuffer)},
+		{"admin-token", "PROXY_ADMIN_TOKEN", "", "token the admin server requires (Bearer header or ?token=) on every path but /healthz and /readyz (unset: open)", str(&c.AdminToken)},
+		{"https-addr", "PROXY_HTTPS_ADDR", ":443", "address of the HTTPS data plane, served when certificates are configured", str(&c.HTTPSAddr)},
+		{"certs-dir", "PROXY_CERTS_DIR", "", "certificate directory in certbot layout: <dir>/live/<domain>/{fullchain,privkey}.pem (unset: none)", str(&c.CertsDir)},
+		{"tls-cert", "PROXY_TLS_CERT", "", "certificate chain PEM file; comma list or repeated, paired in order with -tls-key", list(&c.TLSCerts)},
+		{"tls-key", "PROXY_TLS_KEY", "", "private key PEM file; comma list or repeated, paired in order with -tls-cert", list(&c.TLSKeys)},
+		{"redirect-https", "PROXY_REDIRECT_HTTPS", "false", "redirect HTTP to HTTPS for hosts that have a certificate (except /.well-known/acme-challenge/)", boolean(&c.RedirectHTTPS)},
+		{"reload-interval", "PROXY_RELOAD_INTERVAL", "2s", "how often certificate files and the routes file are checked for changes", dur(&c.ReloadInterval)},
+		{"routes-file", "PROXY_ROUTES_FILE", "", "static routes file (YAML or JSON), hot-reloaded (unset: none)", str(&c.RoutesFile)},
+		{"acme-domains", "PROXY_ACME_DOMAINS", "", "comma-separated domains to obtain certificates for with ACME (unset: no ACME)", str(&c.ACMEDomains)},
+		{"acme-email", "PROXY_ACME_EMAIL", "", "contact e-mail of the ACME account", str(&c.ACMEEmail)},
+		{"acme-cache-dir", "PROXY_ACME_CACHE_DIR", "", "directory for the ACME account key and certificates (required with -acme-domains)", str(&c.ACMECacheDir)},
+		{"acme-directory", "PROXY_ACME_DIRECTORY", "https://acme-v02.api.letsencrypt.org/directory", "ACME directory URL", str(&c.ACMEDirectory)},
+		{"acme-ca-roots", "PROXY_ACME_CA_ROOTS", "", "PEM file of extra CA roots to trust for the ACME directory (private or test ACME servers)", str(&c.ACMECARoots)},
+	}
+	// List flags append per occurrence on the command line.
+	flagSetters := map[string]func(string) error{
+		"tls-cert": appendList(&c.TLSCerts),
+		"tls-key":  appendList(&c.TLSKeys),
 	}
 	for _, s := range specs {
 		if err := s.set(s.def); err != nil {
@@ -89,7 +145,15 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 				return nil, fmt.Errorf("%s=%q: %w", s.env, v, err)
 			}
 		}
-		fs.Func(s.name, fmt.Sprintf("%s (env %s, default %q)", s.usage, s.env, s.def), s.set)
+		usage := fmt.Sprintf("%s (env %s, default %q)", s.usage, s.env, s.def)
+		switch {
+		case flagSetters[s.name] != nil:
+			fs.Func(s.name, usage, flagSetters[s.name])
+		case presenceFlags[s.name]:
+			fs.BoolFunc(s.name, usage, s.set) // -name alone means true
+		default:
+			fs.Func(s.name, usage, s.set)
+		}
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -100,7 +164,68 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	if _, err := parsePrefixes(c.RegistryAllow); err != nil {
 		return nil, fmt.Errorf("registry-allow: %w", err)
 	}
+	if _, err := parsePrefixes(c.BackendAllow); err != nil {
+		return nil, fmt.Errorf("backend-allow: %w", err)
+	}
+	if c.HTTPMaxHeaders == 0 || c.HTTPMaxHeaderSize < 1024 {
+		return nil, fmt.Errorf("http-max-headers must be positive and http-max-header-size at least 1024")
+	}
+	if len(c.TLSCerts) != len(c.TLSKeys) {
+		return nil, fmt.Errorf("tls-cert and tls-key must pair up: %d certificates, %d keys", len(c.TLSCerts), len(c.TLSKeys))
+	}
+	if c.ReloadInterval <= 0 {
+		return nil, fmt.Errorf("reload-interval must be positive")
+	}
+	if c.ACMEDomains != "" && c.ACMECacheDir == "" {
+		return nil, fmt.Errorf("acme-domains needs -acme-cache-dir")
+	}
+	if err := c.checkAccessLog(); err != nil { // accesslog.go
+		return nil, err
+	}
 	return c, nil
+}
+
+// presenceFlags are boolean flags that may be given without a value.
+var presenceFlags = map[string]bool{"redirect-https": true}
+
+// list replaces the list with a comma list (defaults and environment).
+func list(p *[]string) func(string) error {
+	return func(v string) error {
+		*p = nil
+		for _, item := range strings.Split(v, ",") {
+			if item = strings.TrimSpace(item); item != "" {
+				*p = append(*p, item)
+			}
+		}
+		return nil
+	}
+}
+
+// appendList is the command-line form of a list: the first occurrence
+// replaces what the environment set, later ones append.
+func appendList(p *[]string) func(string) error {
+	fromFlags := false
+	return func(v string) error {
+		if !fromFlags {
+			fromFlags = true
+			*p = nil
+		}
+		keep := *p
+		if err := list(p)(v); err != nil {
+			return err
+		}
+		*p = append(keep, *p...)
+		return nil
+	}
+}
+
+// certPairs pairs -tls-cert with -tls-key in order.
+func (c *config) certPairs() []certPair {
+	out := make([]certPair, len(c.TLSCerts))
+	for i := range c.TLSCerts {
+		out[i] = certPair{Cert: c.TLSCerts[i], Key: c.TLSKeys[i]}
+	}
+	return out
 }
 
 func str(p *string) func(string) error { return func(v string) error { *p = v; return nil } }

@@ -1,0 +1,609 @@
+// Command gpbench is go-proxy's bench suite for throughput regressions.
+//
+//	gpbench run     [flags]             run the scenarios: direct, go-proxy, haproxy, nginx
+//	gpbench compare -base REF [flags]   the build of REF against the work tree, in alternation
+//	gpbench agree   [flags]             the Go load generator against wrk, in alternation
+//	gpbench list                        list the scenarios
+//	gpbench backend [-addr A]           run the bundled backend alone
+//
+// See bench/README.md.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/go-proxy/go-proxy/bench/backend"
+	"github.com/go-proxy/go-proxy/bench/loadgen"
+	"github.com/go-proxy/go-proxy/bench/report"
+	"github.com/go-proxy/go-proxy/bench/scenario"
+	"github.com/go-proxy/go-proxy/bench/target"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, `usage:
+  gpbench run     [flags]            run the scenarios (direct, go-proxy, haproxy, nginx)
+  gpbench compare -base REF [flags]  compare the build of git ref REF with the work tree
+  gpbench agree   [flags]            check that the Go load generator and wrk agree
+  gpbench list                       list the scenarios
+  gpbench backend [-addr ADDR]       run the bundled backend
+"gpbench run -h" lists the flags.`)
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return 2
+	}
+	switch args[0] {
+	case "run", "compare", "agree":
+		return cmdSuite(args[0], args[1:], stdout, stderr)
+	case "list":
+		for _, s := range scenario.All() {
+			fmt.Fprintf(stdout, "%-14s %s\n", s.Name, s.Description)
+		}
+		return 0
+	case "backend":
+		return cmdBackend(args[1:], stdout, stderr)
+	case "-h", "-help", "--help", "help":
+		usage(stdout)
+		return 0
+	}
+	usage(stderr)
+	return 2
+}
+
+// cmdBackend serves the bundled backend until SIGTERM, SIGINT or the end
+// of standard input. The first line on stdout is "listening ADDR".
+func cmdBackend(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("gpbench backend", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", "127.0.0.1:0", "listen address (loopback)")
+	watchStdin := fs.Bool("stdin", false, "stop when standard input closes")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	ln, err := listenLoopback(*addr)
+	if err != nil {
+		fmt.Fprintln(stderr, "gpbench backend:", err)
+		return 1
+	}
+	srv := backend.NewServer()
+	fmt.Fprintf(stdout, "listening %s\n", ln.Addr())
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if *watchStdin {
+		go func() {
+			_, _ = io.Copy(io.Discard, os.Stdin)
+			stop()
+		}()
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+		_ = srv.Shutdown()
+		return 0
+	case err := <-done:
+		fmt.Fprintln(stderr, "gpbench backend:", err)
+		return 1
+	}
+}
+
+type suiteFlags struct {
+	duration, warmup, timeout, pause time.Duration
+	rounds, wrkThreads, churnRoutes  int
+	churnRate, threshold             float64
+	scenarios, driver, out, proxy    string
+	references, base, wrkBin, dir    string
+	keep, direct                     bool
+	tolerance                        float64
+}
+
+func cmdSuite(mode string, args []string, stdout, stderr io.Writer) int {
+	name := "gpbench " + mode
+	compare, agree := mode == "compare", mode == "agree"
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f suiteFlags
+	fs.DurationVar(&f.duration, "duration", 5*time.Second, "measured window of each run")
+	fs.DurationVar(&f.warmup, "warmup", time.Second, "warm-up before each measured window")
+	fs.IntVar(&f.rounds, "rounds", 3, "rounds; each round runs every target once (A B A B …)")
+	defScenarios := "all"
+	if agree {
+		defScenarios = "get-13b,get-4kib"
+	}
+	fs.StringVar(&f.scenarios, "scenarios", defScenarios, "comma list of scenarios (gpbench list)")
+	fs.StringVar(&f.driver, "driver", scenario.DriverLoadgen, "load generator: loadgen or wrk (WebSocket always uses loadgen)")
+	fs.StringVar(&f.wrkBin, "wrk", "wrk", "wrk binary")
+	fs.IntVar(&f.wrkThreads, "wrk-threads", 2, "wrk threads (-t)")
+	fs.StringVar(&f.out, "out", "bench-results.json", "JSON results file; the table is also written next to it as .txt")
+	fs.StringVar(&f.proxy, "proxy", "", "go-proxy binary to bench (empty: build the work tree)")
+	fs.DurationVar(&f.timeout, "timeout", 0, "bound for the whole run (0: twice the planned time plus 5 minutes)")
+	fs.DurationVar(&f.pause, "pause", 200*time.Millisecond, "pause between runs")
+	fs.Float64Var(&f.churnRate, "churn-rate", scenario.DefaultChurn.Rate, "churn sessions per second in the churn scenario")
+	fs.IntVar(&f.churnRoutes, "churn-routes", scenario.DefaultChurn.Routes, "routes each churn session applies")
+	fs.StringVar(&f.dir, "dir", "", "scratch directory (default: a new temporary directory, removed after)")
+	fs.BoolVar(&f.keep, "keep", false, "keep the scratch directory (configurations and logs)")
+	if compare {
+		fs.StringVar(&f.base, "base", "", "git ref of the base build (required)")
+		fs.Float64Var(&f.threshold, "threshold", 0.05, "fail when throughput falls by more than this fraction beyond the noise")
+		fs.BoolVar(&f.direct, "direct", false, "also run direct-to-backend rows")
+	} else if agree {
+		fs.Float64Var(&f.tolerance, "tolerance", 0.10, "largest difference beyond the noise for the drivers to agree")
+	} else {
+		fs.StringVar(&f.references, "references", "auto", "reference proxies: auto (those installed), none, or a list of haproxy,nginx")
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if compare && f.base == "" {
+		fmt.Fprintln(stderr, "gpbench compare: -base is required")
+		return 2
+	}
+	if f.driver != scenario.DriverLoadgen && f.driver != scenario.DriverWrk {
+		fmt.Fprintf(stderr, "%s: unknown driver %q\n", name, f.driver)
+		return 2
+	}
+	if agree {
+		f.driver = scenario.DriverWrk
+	}
+	if f.driver == scenario.DriverWrk && !loadgen.WrkAvailable(f.wrkBin) {
+		fmt.Fprintf(stderr, "%s: -driver wrk, but %s is not installed (apt-get install -y wrk)\n", name, f.wrkBin)
+		return 2
+	}
+	scens, err := scenario.Select(f.scenarios)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", name, err)
+		return 2
+	}
+	log := func(format string, a ...any) { fmt.Fprintf(stderr, format+"\n", a...) }
+	if f.rounds < 1 || f.duration <= 0 {
+		fmt.Fprintf(stderr, "%s: need -rounds >= 1 and a positive -duration\n", name)
+		return 2
+	}
+	if f.rounds < 3 {
+		log("note: %d rounds; the suite's results need at least 3 for a usable noise estimate", f.rounds)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	dir := f.dir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "gpbench-"); err != nil {
+			log("%s: %v", name, err)
+			return 1
+		}
+		if !f.keep {
+			defer os.RemoveAll(dir)
+		} else {
+			log("scratch directory: %s", dir)
+		}
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		log("%s: %v", name, err)
+		return 1
+	}
+
+	// The go-proxy builds.
+	root, err := moduleRoot()
+	if err != nil && (f.proxy == "" || compare) {
+		log("%s: %v", name, err)
+		return 1
+	}
+	var targets []target.Target
+	var baseT, newT *target.GoProxy
+	host := hostInfo()
+	newBin := f.proxy
+	if newBin != "" {
+		if newBin, err = filepath.Abs(newBin); err != nil {
+			log("%s: %v", name, err)
+			return 1
+		}
+		if _, err := os.Stat(newBin); err != nil {
+			log("%s: -proxy: %v", name, err)
+			return 2
+		}
+	} else {
+		newBin = filepath.Join(dir, "new", "go-proxy")
+		log("building go-proxy from %s", root)
+		if err := goBuild(ctx, root, newBin); err != nil {
+			log("%s: %v", name, err)
+			return 1
+		}
+	}
+	host["go-proxy"] = gitDescribe(root)
+	if compare {
+		baseBin := filepath.Join(dir, "base", "go-proxy")
+		log("building go-proxy at %s in a temporary worktree", f.base)
+		rev, err := buildRef(ctx, root, f.base, filepath.Join(dir, "base-src"), baseBin)
+		if err != nil {
+			log("%s: %v", name, err)
+			return 1
+		}
+		host["base"] = f.base + " " + rev
+		if f.direct {
+			targets = append(targets, target.Direct{})
+		}
+		baseT = &target.GoProxy{Label: "base", Binary: baseBin}
+		newT = &target.GoProxy{Label: "new", Binary: newBin}
+		targets = append(targets, baseT, newT)
+	} else if agree {
+		targets = append(targets, target.Direct{}, &target.GoProxy{Label: "go-proxy", Binary: newBin})
+	} else {
+		targets = append(targets, target.Direct{}, &target.GoProxy{Label: "go-proxy", Binary: newBin})
+		refs, err := references(f.references)
+		if err != nil {
+			log("%s: %v", name, err)
+			return 2
+		}
+		for _, r := range refs {
+			targets = append(targets, r)
+			host[r.Name()] = target.Version(r.Name(), "-v")
+		}
+		if len(refs) == 0 {
+			log("no reference proxies (haproxy, nginx) installed or selected: no reference rows")
+		}
+	}
+	if f.driver == scenario.DriverWrk {
+		host["wrk"] = target.Version(f.wrkBin, "-v")
+	}
+
+	planned := plan(scens, targets, f)
+	if agree {
+		planned *= 2
+	}
+	timeout := f.timeout
+	if timeout == 0 {
+		timeout = 2*planned + 5*time.Minute
+	}
+	log("%d scenarios × %d rounds, %d targets: about %v planned, bounded at %v", len(scens), f.rounds, len(targets), planned.Round(time.Second), timeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	be, err := startBackend(ctx, dir)
+	if err != nil {
+		log("%s: backend: %v", name, err)
+		return 1
+	}
+	defer be.stop()
+
+	rep := &report.Report{
+		Command: strings.Join(append([]string{"gpbench"}, os.Args[1:]...), " "),
+		Started: time.Now().UTC(), Host: host,
+		Options: map[string]any{
+			"duration": f.duration.String(), "warmup": f.warmup.String(), "rounds": f.rounds,
+			"driver": f.driver, "wrk_threads": f.wrkThreads, "churn_rate": f.churnRate, "churn_routes": f.churnRoutes,
+		},
+	}
+	if compare {
+		rep.Options["base"] = f.base
+		rep.Options["threshold"] = f.threshold
+	}
+	opt := scenario.Options{
+		Duration: f.duration, Warmup: f.warmup, Rounds: f.rounds, Driver: f.driver,
+		WrkBinary: f.wrkBin, WrkThreads: f.wrkThreads, Backend: be.addr, Targets: targets,
+		Churn: target.ChurnConfig{Rate: f.churnRate, Routes: f.churnRoutes},
+		Dir:   dir, Progress: stderr, Pause: f.pause,
+	}
+	if agree {
+		return agreeDrivers(ctx, scens, opt, f, rep, stdout, log)
+	}
+	var runErr error
+	for _, s := range scens {
+		res, err := scenario.Run(ctx, s, opt)
+		if res != nil {
+			rep.Scenarios = append(rep.Scenarios, res)
+		}
+		if err != nil {
+			runErr = err
+			break
+		}
+	}
+	rep.Finished = time.Now().UTC()
+
+	rep.Pass = runErr == nil
+	for _, sc := range rep.Scenarios {
+		for _, c := range sc.Checks {
+			if compare && !strings.HasPrefix(c.Name, "new") {
+				continue // the base build's own errors are not the work tree's fault
+			}
+			rep.Checks = append(rep.Checks, c)
+			if !c.Pass {
+				rep.Pass = false
+			}
+		}
+		if compare {
+			rep.Changes = append(rep.Changes, changes(sc, baseT, newT, f.rounds, f.threshold)...)
+		}
+	}
+	if report.AnyRegression(rep.Changes) {
+		rep.Pass = false
+	}
+
+	var table strings.Builder
+	fmt.Fprintf(&table, "%s — %s, %d rounds of %v (warm-up %v), driver %s, %s CPUs\n\n",
+		name, rep.Started.Format(time.RFC3339), f.rounds, f.duration, f.warmup, f.driver, host["cpus"])
+	_ = report.WriteTable(&table, rep.Scenarios)
+	if compare {
+		table.WriteString("\n")
+		_ = report.WriteChanges(&table, rep.Changes)
+	}
+	if len(rep.Checks) > 0 {
+		table.WriteString("\n")
+		report.WriteChecks(&table, rep.Checks)
+	}
+	fmt.Fprint(stdout, table.String())
+	if f.out != "" {
+		if err := rep.WriteJSON(f.out); err != nil {
+			log("%s: %v", name, err)
+			return 1
+		}
+		txt := strings.TrimSuffix(f.out, filepath.Ext(f.out)) + ".txt"
+		if err := os.WriteFile(txt, []byte(table.String()), 0o644); err != nil {
+			log("%s: %v", name, err)
+			return 1
+		}
+		log("results: %s, %s", f.out, txt)
+	}
+	if runErr != nil {
+		if errors.Is(runErr, context.DeadlineExceeded) {
+			log("%s: stopped at the %v bound", name, timeout)
+		} else {
+			log("%s: %v", name, runErr)
+		}
+		return 1
+	}
+	if !rep.Pass {
+		if report.AnyRegression(rep.Changes) {
+			log("%s: throughput regression beyond the threshold and noise", name)
+		} else {
+			log("%s: failed checks", name)
+		}
+		return 1
+	}
+	return 0
+}
+
+// changes compares the base and new rows of a scenario (for churn, quiet
+// and under churn separately).
+func changes(sc *report.Scenario, baseT, newT *target.GoProxy, rounds int, threshold float64) []report.Change {
+	type pair struct{ label, base, new string }
+	pairs := []pair{{sc.Name, baseT.Name(), newT.Name()}}
+	if sc.Params["churn"] == true {
+		c := scenario.DefaultChurn
+		pairs = []pair{
+			{sc.Name + " (quiet)", baseT.Name(), newT.Name()},
+			{sc.Name + " (under churn)", baseT.WithChurn(c).Name(), newT.WithChurn(c).Name()},
+		}
+	}
+	var out []report.Change
+	for _, p := range pairs {
+		c := report.Compare(p.label, p.base, p.new, sc.RPSSeries(p.base, rounds), sc.RPSSeries(p.new, rounds), threshold)
+		if b := sc.Find(p.base); b != nil {
+			c.BaseP99, c.BaseCPU = b.Latency.P99, b.CPUPerReqUS
+		}
+		if n := sc.Find(p.new); n != nil {
+			c.NewP99, c.NewCPU = n.Latency.P99, n.CPUPerReqUS
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// plan estimates the run's length.
+func plan(scens []scenario.Scenario, targets []target.Target, f suiteFlags) time.Duration {
+	var total time.Duration
+	per := f.warmup + f.duration + f.pause
+	if f.driver == scenario.DriverWrk && f.warmup > 0 {
+		per += time.Second // wrk rounds its warm-up up to whole seconds
+	}
+	for _, s := range scens {
+		n := len(scenario.TargetsFor(s, targets, target.ChurnConfig{Rate: 1}))
+		setup := time.Second
+		if s.Routes >= 10_000 {
+			setup = time.Duration(s.Routes/10_000) * time.Second
+		}
+		total += time.Duration(f.rounds*n) * (per + setup)
+	}
+	return total
+}
+
+func references(list string) ([]target.Target, error) {
+	var out []target.Target
+	add := func(name string, must bool) error {
+		if !target.Installed(name) {
+			if must {
+				return fmt.Errorf("%s is not installed (apt-get install -y %s)", name, name)
+			}
+			return nil
+		}
+		switch name {
+		case "haproxy":
+			out = append(out, target.HAProxy{})
+		case "nginx":
+			out = append(out, target.Nginx{})
+		default:
+			return fmt.Errorf("unknown reference proxy %q", name)
+		}
+		return nil
+	}
+	switch list {
+	case "none", "":
+		return nil, nil
+	case "auto":
+		_ = add("haproxy", false)
+		_ = add("nginx", false)
+		return out, nil
+	}
+	for _, n := range strings.Split(list, ",") {
+		if err := add(strings.TrimSpace(n), true); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// backendProc is the bundled backend, run as a child process of its own
+// so that its CPU is apart from the load generator's.
+type backendProc struct {
+	addr  string
+	cmd   *exec.Cmd
+	stdin io.WriteCloser // closing it stops the backend
+	done  chan struct{}
+}
+
+func startBackend(ctx context.Context, dir string) (*backendProc, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self, "backend", "-addr", "127.0.0.1:0", "-stdin")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	logf, err := os.Create(filepath.Join(dir, "backend.log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = logf
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	// The backend stops when this pipe closes, that is when gpbench exits.
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	b := &backendProc{cmd: cmd, stdin: stdin, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); logf.Close(); close(b.done) }()
+	line := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		if sc.Scan() {
+			line <- sc.Text()
+		}
+		close(line)
+		_, _ = io.Copy(io.Discard, out)
+	}()
+	select {
+	case l, ok := <-line:
+		if !ok || !strings.HasPrefix(l, "listening ") {
+			b.stop()
+			return nil, fmt.Errorf("backend did not start: %q", l)
+		}
+		b.addr = strings.TrimPrefix(l, "listening ")
+		return b, nil
+	case <-time.After(10 * time.Second):
+	case <-ctx.Done():
+	}
+	b.stop()
+	return nil, fmt.Errorf("backend did not start")
+}
+
+func (b *backendProc) stop() {
+	_ = b.stdin.Close()
+	_ = syscall.Kill(-b.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-b.done:
+	case <-time.After(5 * time.Second):
+		_ = syscall.Kill(-b.cmd.Process.Pid, syscall.SIGKILL)
+		<-b.done
+	}
+}
+
+// moduleRoot is the directory of go-proxy's go.mod.
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	mod := strings.TrimSpace(string(out))
+	if mod == "" || mod == os.DevNull {
+		return "", errors.New("not inside the go-proxy module: run from the repository or pass -proxy")
+	}
+	return filepath.Dir(mod), nil
+}
+
+func goBuild(ctx context.Context, dir, out string) error {
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/go-proxy")
+	cmd.Dir = dir
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build in %s: %w: %s", dir, err, b)
+	}
+	return nil
+}
+
+// buildRef builds ref in a temporary git worktree at src, removed after,
+// and returns the commit it resolved to.
+func buildRef(ctx context.Context, root, ref, src, out string) (string, error) {
+	git := func(args ...string) (string, error) {
+		cmd := exec.CommandContext(ctx, "git", append([]string{"-C", root}, args...)...)
+		b, err := cmd.CombinedOutput()
+		if err != nil {
+			return "", fmt.Errorf("git %s: %w: %s", strings.Join(args, " "), err, b)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	rev, err := git("rev-parse", "--verify", ref+"^{commit}")
+	if err != nil {
+		return "", err
+	}
+	if _, err := git("worktree", "add", "--detach", src, rev); err != nil {
+		return "", err
+	}
+	defer func() {
+		_, _ = git("worktree", "remove", "--force", src)
+		_, _ = git("worktree", "prune")
+	}()
+	return rev[:min(12, len(rev))], goBuild(ctx, src, out)
+}
+
+func gitDescribe(root string) string {
+	if root == "" {
+		return ""
+	}
+	out, err := exec.Command("git", "-C", root, "describe", "--always", "--dirty").Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func hostInfo() map[string]string {
+	h := map[string]string{
+		"cpus":       fmt.Sprint(runtime.NumCPU()),
+		"gomaxprocs": fmt.Sprint(runtime.GOMAXPROCS(0)),
+		"go":         runtime.Version(),
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		h["kernel"] = strings.TrimSpace(string(b))
+	}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				h["cpu"] = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	return h
+}

@@ -1,0 +1,140 @@
+package loadgen
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat;
+// it is 100 on every Linux architecture Go supports.
+const clockTicks = 100
+
+// procStat is the part of /proc/<pid>/stat the suite reads.
+type procStat struct {
+	ppid         int
+	utime, stime uint64 // clock ticks
+}
+
+// parseStat parses the content of /proc/<pid>/stat. The command name is in
+// parentheses and may itself hold spaces and parentheses, so fields are
+// counted from the last ')'.
+func parseStat(s string) (procStat, error) {
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return procStat{}, fmt.Errorf("proc stat: no command name")
+	}
+	f := strings.Fields(s[i+1:])
+	// f[0] is field 3 (state): ppid is field 4, utime 14, stime 15.
+	if len(f) < 13 {
+		return procStat{}, fmt.Errorf("proc stat: %d fields", len(f))
+	}
+	ppid, err1 := strconv.Atoi(f[1])
+	ut, err2 := strconv.ParseUint(f[11], 10, 64)
+	st, err3 := strconv.ParseUint(f[12], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return procStat{}, fmt.Errorf("proc stat: bad number")
+	}
+	return procStat{ppid: ppid, utime: ut, stime: st}, nil
+}
+
+func readStat(pid int) (procStat, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return procStat{}, err
+	}
+	return parseStat(string(b))
+}
+
+// ProcessCPU returns the user plus system CPU time of pid.
+func ProcessCPU(pid int) (time.Duration, error) {
+	st, err := readStat(pid)
+	if err != nil {
+		return 0, err
+	}
+	return ticks(st.utime + st.stime), nil
+}
+
+// TreeCPU returns the user plus system CPU time of pid and all its living
+// descendants (nginx's and haproxy's workers), from /proc/<pid>/stat.
+func TreeCPU(pid int) (time.Duration, error) {
+	root, err := readStat(pid)
+	if err != nil {
+		return 0, err
+	}
+	total := root.utime + root.stime
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return ticks(total), nil
+	}
+	children := map[int][]int{}
+	stats := map[int]procStat{}
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil || p == pid {
+			continue
+		}
+		st, err := readStat(p)
+		if err != nil {
+			continue
+		}
+		stats[p] = st
+		children[st.ppid] = append(children[st.ppid], p)
+	}
+	queue := append([]int(nil), children[pid]...)
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		total += stats[p].utime + stats[p].stime
+		queue = append(queue, children[p]...)
+	}
+	return ticks(total), nil
+}
+
+func ticks(n uint64) time.Duration {
+	return time.Duration(n) * (time.Second / clockTicks)
+}
+
+// TreeRSS returns the resident memory of pid and its living descendants,
+// in bytes, from the VmRSS lines of /proc/<pid>/status.
+func TreeRSS(pid int) (int64, error) {
+	pids := []int{pid}
+	entries, err := os.ReadDir("/proc")
+	if err == nil {
+		children := map[int][]int{}
+		for _, e := range entries {
+			p, err := strconv.Atoi(e.Name())
+			if err != nil || p == pid {
+				continue
+			}
+			if st, err := readStat(p); err == nil {
+				children[st.ppid] = append(children[st.ppid], p)
+			}
+		}
+		for i := 0; i < len(pids); i++ {
+			pids = append(pids, children[pids[i]]...)
+		}
+	}
+	var total int64
+	for i, p := range pids {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/status")
+		if err != nil {
+			if i == 0 {
+				return 0, err
+			}
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				f := strings.Fields(rest)
+				if len(f) > 0 {
+					kb, _ := strconv.ParseInt(f[0], 10, 64)
+					total += kb << 10
+				}
+			}
+		}
+	}
+	return total, nil
+}
