@@ -139,17 +139,20 @@ func BenchmarkApplyWith100kRoutes(b *testing.B) {
 		}
 		conns = append(conns, c)
 		ack, _ := c.do(fmt.Sprintf("REGISTER|owner%d|o%d|0|{}", o, o))
-		var sb strings.Builder
-		sb.WriteString("ROUTE_ADD_BULK|" + ack[4:] + "|[")
-		for i := 0; i < perOwner; i++ {
-			if i > 0 {
-				sb.WriteByte(',')
+		// Bulk lines stay under the 64 KiB line limit: 200 routes each.
+		for chunk := 0; chunk < perOwner; chunk += 200 {
+			var sb strings.Builder
+			sb.WriteString("ROUTE_ADD_BULK|" + ack[4:] + "|[")
+			for i := chunk; i < chunk+200; i++ {
+				if i > chunk {
+					sb.WriteByte(',')
+				}
+				fmt.Fprintf(&sb, `{"domains":["h%d-%d.bulk.test"],"path":"/p%d","backend_url":"http://127.0.0.1:9"}`, o, i/5, i%5)
 			}
-			fmt.Fprintf(&sb, `{"domains":["h%d-%d.bulk.test"],"path":"/p%d","backend_url":"http://127.0.0.1:9"}`, o, i/5, i%5)
-		}
-		sb.WriteString("]")
-		if r, err := c.do(sb.String()); err != nil || !strings.HasPrefix(r, "ROUTE_BULK_OK|") {
-			b.Fatalf("bulk: %.80q %v", r, err)
+			sb.WriteString("]")
+			if r, err := c.do(sb.String()); err != nil || !strings.HasPrefix(r, "ROUTE_BULK_OK|") {
+				b.Fatalf("bulk: %.80q %v", r, err)
+			}
 		}
 		if r, _ := c.do("CONFIG_APPLY"); r != "OK" {
 			b.Fatalf("apply: %q", r)
