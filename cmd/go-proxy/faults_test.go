@@ -157,7 +157,7 @@ func ftStatus(addr, host string) (int, error) {
 func TestBinaryFaults(t *testing.T) {
 	goTool, err := exec.LookPath("go")
 	if err != nil {
-		t.Skip("the go tool is not on PATH: cannot build the binary")
+		t.Skip("the go tool is not installed (not on PATH): cannot build the binary")
 	}
 	bin := filepath.Join(t.TempDir(), "go-proxy")
 	if out, err := exec.Command(goTool, "build", "-o", bin, ".").CombinedOutput(); err != nil {

@@ -27,7 +27,7 @@ func buildBinary(t *testing.T) string {
 	t.Helper()
 	goTool, err := exec.LookPath("go")
 	if err != nil {
-		t.Skip("the go tool is not on PATH: cannot build the binary for the restart test")
+		t.Skip("the go tool is not installed (not on PATH): cannot build the binary for the restart test")
 	}
 	bin := filepath.Join(t.TempDir(), "go-proxy")
 	cmd := exec.Command(goTool, "build", "-o", bin, ".")
