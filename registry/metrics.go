@@ -3,10 +3,11 @@ package registry
 import (
 	"io"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/go-proxy/go-proxy/upstream"
 )
 
 // Prometheus series of the control plane. Counters are atomics bumped
@@ -107,29 +108,17 @@ func (r *Registry) WriteMetrics(w io.Writer) {
 	commandLabelsOnce.Do(initCommandLabels)
 
 	b := make([]byte, 0, 4096)
-	b = promFamily(b, "goproxy_registry_sessions", "gauge", "Registry sessions by state: connected, or disconnected and in grace.")
-	b = promSample(b, `goproxy_registry_sessions{state="connected"}`, uint64(connected))
-	b = promSample(b, `goproxy_registry_sessions{state="grace"}`, uint64(grace))
-	b = promFamily(b, "goproxy_registry_session_routes", "gauge", "Active routes held by registry sessions.")
-	b = promSample(b, "goproxy_registry_session_routes", uint64(routes))
-	b = promFamily(b, "goproxy_registry_applies_total", "counter", "CONFIG_APPLY and CONFIG_APPLY_PARTIAL by result.")
-	b = promSample(b, `goproxy_registry_applies_total{result="ok"}`, r.metrics.applies.Load())
-	b = promSample(b, `goproxy_registry_applies_total{result="error"}`, r.metrics.applyErrors.Load())
-	b = promFamily(b, "goproxy_registry_command_errors_total", "counter", "ERROR replies by command.")
+	b = upstream.AppendPromFamily(b, "goproxy_registry_sessions", "gauge", "Registry sessions by state: connected, or disconnected and in grace.")
+	b = upstream.AppendPromSample(b, "goproxy_registry_sessions", `state="connected"`, uint64(connected))
+	b = upstream.AppendPromSample(b, "goproxy_registry_sessions", `state="grace"`, uint64(grace))
+	b = upstream.AppendPromFamily(b, "goproxy_registry_session_routes", "gauge", "Active routes held by registry sessions.")
+	b = upstream.AppendPromSample(b, "goproxy_registry_session_routes", "", uint64(routes))
+	b = upstream.AppendPromFamily(b, "goproxy_registry_applies_total", "counter", "CONFIG_APPLY and CONFIG_APPLY_PARTIAL by result.")
+	b = upstream.AppendPromSample(b, "goproxy_registry_applies_total", `result="ok"`, r.metrics.applies.Load())
+	b = upstream.AppendPromSample(b, "goproxy_registry_applies_total", `result="error"`, r.metrics.applyErrors.Load())
+	b = upstream.AppendPromFamily(b, "goproxy_registry_command_errors_total", "counter", "ERROR replies by command.")
 	for i, name := range commandLabels {
-		b = promSample(b, `goproxy_registry_command_errors_total{command="`+name+`"}`, r.metrics.cmdErrors[i].Load())
+		b = upstream.AppendPromSample(b, "goproxy_registry_command_errors_total", `command="`+name+`"`, r.metrics.cmdErrors[i].Load())
 	}
 	_, _ = w.Write(b)
-}
-
-func promFamily(b []byte, name, typ, help string) []byte {
-	b = append(b, "# HELP "+name+" "+help+"\n# TYPE "+name+" "+typ+"\n"...)
-	return b
-}
-
-func promSample(b []byte, series string, v uint64) []byte {
-	b = append(b, series...)
-	b = append(b, ' ')
-	b = strconv.AppendUint(b, v, 10)
-	return append(b, '\n')
 }

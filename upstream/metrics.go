@@ -152,8 +152,8 @@ func (c *ProxyCounters) Unmatched() uint64 { return c.unmatched.Load() }
 // WriteMetrics writes the counters in Prometheus text format.
 func (c *ProxyCounters) WriteMetrics(w io.Writer) {
 	b := make([]byte, 0, 256)
-	b = appendFamily(b, "goproxy_unmatched_requests_total", "counter", "Requests no route matched (answered 404).")
-	b = appendSample(b, "goproxy_unmatched_requests_total", "", c.unmatched.Load())
+	b = AppendPromFamily(b, "goproxy_unmatched_requests_total", "counter", "Requests no route matched (answered 404).")
+	b = AppendPromSample(b, "goproxy_unmatched_requests_total", "", c.unmatched.Load())
 	_, _ = w.Write(b)
 }
 
@@ -205,27 +205,27 @@ func WriteRouteMetrics(w io.Writer, snap *router.Snapshot[*Member], now time.Tim
 	mw := &metricWriter{w: w, buf: make([]byte, 0, 64<<10)}
 	nowNS := now.UnixNano()
 
-	mw.buf = appendFamily(mw.buf, "goproxy_routes", "gauge", "Routes in the published routing table.")
-	mw.buf = appendSample(mw.buf, "goproxy_routes", "", uint64(len(members)))
-	mw.buf = appendFamily(mw.buf, "goproxy_route_table_version", "gauge", "Publishes of the routing table since start.")
-	mw.buf = appendSample(mw.buf, "goproxy_route_table_version", "", snap.Version())
+	mw.buf = AppendPromFamily(mw.buf, "goproxy_routes", "gauge", "Routes in the published routing table.")
+	mw.buf = AppendPromSample(mw.buf, "goproxy_routes", "", uint64(len(members)))
+	mw.buf = AppendPromFamily(mw.buf, "goproxy_route_table_version", "gauge", "Publishes of the routing table since start.")
+	mw.buf = AppendPromSample(mw.buf, "goproxy_route_table_version", "", snap.Version())
 
 	type family struct {
 		name, typ, help string
 		value           func(i int) uint64
 	}
 	simple := func(f family) {
-		mw.buf = appendFamily(mw.buf, f.name, f.typ, f.help)
+		mw.buf = AppendPromFamily(mw.buf, f.name, f.typ, f.help)
 		for i := range members {
-			mw.buf = appendSample(mw.buf, f.name, labels[i], f.value(i))
+			mw.buf = AppendPromSample(mw.buf, f.name, labels[i], f.value(i))
 			mw.maybeFlush()
 		}
 	}
 
-	mw.buf = appendFamily(mw.buf, "goproxy_route_requests_total", "counter", "Requests settled on the route, by response status class.")
+	mw.buf = AppendPromFamily(mw.buf, "goproxy_route_requests_total", "counter", "Requests settled on the route, by response status class.")
 	for i := range members {
 		for class, l := range statusClassLabels {
-			mw.buf = appendSample(mw.buf, "goproxy_route_requests_total", labels[i]+l, counters[i].StatusClasses[class])
+			mw.buf = AppendPromSample(mw.buf, "goproxy_route_requests_total", labels[i]+l, counters[i].StatusClasses[class])
 		}
 		mw.maybeFlush()
 	}
@@ -233,7 +233,7 @@ func WriteRouteMetrics(w io.Writer, snap *router.Snapshot[*Member], now time.Tim
 		func(i int) uint64 { return counters[i].Errors }})
 
 	const hist = "goproxy_route_request_duration_seconds"
-	mw.buf = appendFamily(mw.buf, hist, "histogram", "Time to the backend's response headers (or to the generated response).")
+	mw.buf = AppendPromFamily(mw.buf, hist, "histogram", "Time to the backend's response headers (or to the generated response).")
 	for i := range members {
 		c := &counters[i]
 		for b, le := range latencyLE {
@@ -255,7 +255,7 @@ func WriteRouteMetrics(w io.Writer, snap *router.Snapshot[*Member], now time.Tim
 		mw.buf = append(mw.buf, "} "...)
 		mw.buf = strconv.AppendFloat(mw.buf, c.LatencySumSeconds, 'g', -1, 64)
 		mw.buf = append(mw.buf, '\n')
-		mw.buf = appendSample(mw.buf, hist+"_count", labels[i], c.LatencyCount)
+		mw.buf = AppendPromSample(mw.buf, hist+"_count", labels[i], c.LatencyCount)
 		mw.maybeFlush()
 	}
 
@@ -270,11 +270,11 @@ func WriteRouteMetrics(w io.Writer, snap *router.Snapshot[*Member], now time.Tim
 		func(i int) uint64 { return b2u(members[i].Health.Healthy()) }})
 	simple(family{"goproxy_member_connected", "gauge", "1 when the member's session is connected (0: standby, in grace).",
 		func(i int) uint64 { return b2u(members[i].Session.Connected()) }})
-	mw.buf = appendFamily(mw.buf, "goproxy_member_breaker_state", "gauge", "Circuit breaker state: 1 for the current state.")
+	mw.buf = AppendPromFamily(mw.buf, "goproxy_member_breaker_state", "gauge", "Circuit breaker state: 1 for the current state.")
 	for i, m := range members {
 		st := m.Breaker.StateAt(nowNS)
 		for _, s := range breakerStateLabels {
-			mw.buf = appendSample(mw.buf, "goproxy_member_breaker_state", labels[i]+s.label, b2u(st == s.state))
+			mw.buf = AppendPromSample(mw.buf, "goproxy_member_breaker_state", labels[i]+s.label, b2u(st == s.state))
 		}
 		mw.maybeFlush()
 	}
@@ -328,8 +328,8 @@ func appendLabelValue(dst []byte, v string) []byte {
 	return dst
 }
 
-// appendFamily writes the HELP and TYPE lines of a metric family.
-func appendFamily(dst []byte, name, typ, help string) []byte {
+// AppendPromFamily writes the HELP and TYPE lines of a metric family.
+func AppendPromFamily(dst []byte, name, typ, help string) []byte {
 	dst = append(dst, "# HELP "...)
 	dst = append(dst, name...)
 	dst = append(dst, ' ')
@@ -341,8 +341,8 @@ func appendFamily(dst []byte, name, typ, help string) []byte {
 	return append(dst, '\n')
 }
 
-// appendSample writes `name{labels} value`; labels may be empty.
-func appendSample(dst []byte, name, labels string, v uint64) []byte {
+// AppendPromSample writes `name{labels} value`; labels may be empty.
+func AppendPromSample(dst []byte, name, labels string, v uint64) []byte {
 	dst = append(dst, name...)
 	if labels != "" {
 		dst = append(dst, '{')
