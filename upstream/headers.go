@@ -2,7 +2,6 @@ package upstream
 
 import (
 	"bytes"
-	"net"
 	"net/netip"
 
 	"github.com/valyala/fasthttp"
@@ -61,14 +60,7 @@ func forEachToken(v []byte, fn func([]byte)) {
 }
 
 // clientAddr is the peer address of the client connection.
-func clientAddr(ctx *fasthttp.RequestCtx) netip.Addr {
-	if tcp, ok := ctx.RemoteAddr().(*net.TCPAddr); ok {
-		if a, ok := netip.AddrFromSlice(tcp.IP); ok {
-			return a.Unmap()
-		}
-	}
-	return netip.Addr{}
-}
+func clientAddr(ctx *fasthttp.RequestCtx) netip.Addr { return remoteAddrIP(ctx.RemoteAddr()) }
 
 func appendClientIP(dst []byte, ctx *fasthttp.RequestCtx) []byte {
 	a := clientAddr(ctx)

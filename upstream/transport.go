@@ -193,15 +193,7 @@ func (x *exchange) chunkSize() (int64, error) {
 	var size int64
 	digits := 0
 	for _, c := range line {
-		var v byte
-		switch {
-		case c >= '0' && c <= '9':
-			v = c - '0'
-		case c >= 'a' && c <= 'f':
-			v = c - 'a' + 10
-		case c >= 'A' && c <= 'F':
-			v = c - 'A' + 10
-		default:
+		if !isHex(c) {
 			if digits == 0 || (c != ';' && c != '\r' && c != '\n' && c != ' ' && c != '\t') {
 				return 0, errBadChunk
 			}
@@ -210,7 +202,7 @@ func (x *exchange) chunkSize() (int64, error) {
 		if digits++; digits > 15 {
 			return 0, errBadChunk
 		}
-		size = size<<4 | int64(v)
+		size = size<<4 | int64(unhex(c))
 	}
 	return 0, errBadChunk
 }
