@@ -104,7 +104,7 @@ func NewChecker(s Settings) *Checker {
 // Set starts or replaces the check of a member. The verdict restarts
 // healthy and the first probe runs within one interval.
 func (c *Checker) Set(m *upstream.Member, chk Check) {
-	target := probeTarget(m.Config().Backend.URL, chk.Path)
+	target := ProbeTarget(m.Config().Backend.URL, chk.Path)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.stopped {
@@ -259,10 +259,10 @@ func (c *Checker) probe(j *job) (bool, string) {
 	return status >= 200 && status < 400, "status " + strconv.Itoa(status)
 }
 
-// probeTarget joins the backend URL and the health path: the URL path
+// ProbeTarget joins the backend URL and the health path: the URL path
 // without its trailing slash, then the path; ws and wss probe as http and
 // https (§6.6).
-func probeTarget(backend, path string) string {
+func ProbeTarget(backend, path string) string {
 	u, err := url.Parse(backend)
 	if err != nil {
 		return backend

@@ -1,11 +1,11 @@
 package registry
 
 import (
-	"net/url"
 	"regexp"
 	"strings"
 	"time"
 
+	"github.com/go-proxy/go-proxy/health"
 	"github.com/go-proxy/go-proxy/upstream"
 )
 
@@ -147,25 +147,14 @@ func cmdMaintExit(r *Registry, _ *conn, s *session, f []string, now time.Time) r
 	}
 }
 
-// verifyURL is what MAINT_EXIT probes for a backend: its health-check path
-// if it has one, "/" when the URL has no path, otherwise the URL itself.
+// verifyURL is what MAINT_EXIT probes for a backend: its health-check URL
+// if it has one, otherwise the backend URL, which verifyReachable probes as
+// §4.23 says (ws as http, "/" for an empty path).
 func verifyURL(backend string, h *healthCfg) string {
-	u, err := url.Parse(backend)
-	if err != nil {
-		return backend
-	}
-	switch u.Scheme {
-	case "ws":
-		u.Scheme = "http"
-	case "wss":
-		u.Scheme = "https"
-	}
 	if h != nil {
-		u.Path = strings.TrimRight(u.Path, "/") + h.Path
-	} else if u.Path == "" {
-		u.Path = "/"
+		return health.ProbeTarget(backend, h.Path)
 	}
-	return u.String()
+	return backend
 }
 
 func (r *Registry) maintEvent(s *session, action, target, page string) func() {
