@@ -52,8 +52,20 @@ const sessionsPerIP = 48
 var instanceSeq atomic.Uint64
 
 // Start implements Target: it starts the binary on loopback ports and
-// registers the table, one session per 1,000 routes.
+// registers the table, one session per 1,000 routes. The ports were free
+// when FreePort looked, but another process (an outgoing connection's
+// ephemeral port, on a busy machine) can take one before the proxy binds
+// it; such a start is retried on fresh ports.
 func (g *GoProxy) Start(ctx context.Context, s Setup) (*Instance, error) {
+	for attempt := 1; ; attempt++ {
+		inst, err := g.start(ctx, s)
+		if err == nil || attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			return inst, err
+		}
+	}
+}
+
+func (g *GoProxy) start(ctx context.Context, s Setup) (*Instance, error) {
 	var addrs [3]string
 	for i := range addrs {
 		a, err := FreePort()

@@ -130,7 +130,15 @@ func TestCompareEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(rep.Changes) != 1 || rep.Changes[0].Rounds != 2 || rep.Changes[0].BaseRPS <= 0 || rep.Changes[0].NewRPS <= 0 || !rep.Pass {
-		t.Fatalf("changes %+v", rep.Changes)
+		var failures []string
+		for _, sc := range rep.Scenarios {
+			for _, r := range sc.Runs {
+				if r.Failure != "" {
+					failures = append(failures, r.Target+": "+r.Failure)
+				}
+			}
+		}
+		t.Fatalf("changes %+v; failed runs %q", rep.Changes, failures)
 	}
 	if !strings.Contains(stdout.String(), "base req/s") {
 		t.Fatal("change table missing")
