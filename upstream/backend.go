@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"strings"
 	"syscall"
 	"time"
@@ -177,7 +178,14 @@ func (d *dialer) dial(addr string) (net.Conn, error) {
 		_ = tc.SetDeadline(time.Time{})
 		conn = tc
 	}
-	return &backendConn{Conn: conn, idle: d.bodyIdle}, nil
+	bc := &backendConn{Conn: conn, idle: d.bodyIdle}
+	if tcp, ok := conn.(*net.TCPConn); ok {
+		if rc, err := tcp.SyscallConn(); err == nil {
+			bc.raw = rc
+			bc.await = bc.writeThenWait
+		}
+	}
+	return bc, nil
 }
 
 // backendConn applies idle deadlines while bodies stream: every write, and
@@ -191,6 +199,62 @@ type backendConn struct {
 	idle      time.Duration
 	bodyPhase bool
 	exchanges int
+
+	// raw is the plain TCP connection's file descriptor access (nil for
+	// TLS); await is writeThenWait bound once, so that passing it to
+	// raw.Read allocates nothing. wbuf, wpos and werr are its state.
+	raw    syscall.RawConn
+	await  func(fd uintptr) bool
+	wbuf   []byte
+	wpos   int
+	werr   error
+	waited bool
+}
+
+// writeAwait writes p and waits until the connection is readable or its
+// read deadline passes. The write is done inside raw.Read, after the
+// poller's readiness flag has been reset, so an answer that arrives
+// between the write and the wait still wakes the wait. It returns what
+// could not be written without blocking, for the caller to send the
+// ordinary way (and then read the ordinary way).
+func (c *backendConn) writeAwait(p []byte) (rest []byte, err error) {
+	c.wbuf, c.wpos, c.werr, c.waited = p, 0, nil, false
+	err = c.raw.Read(c.await)
+	rest, werr := c.wbuf[c.wpos:], c.werr
+	c.wbuf, c.werr = nil, nil
+	switch {
+	case werr == syscall.EAGAIN:
+		return rest, nil
+	case werr != nil:
+		return nil, &net.OpError{Op: "write", Net: "tcp", Addr: c.RemoteAddr(), Err: os.NewSyscallError("write", werr)}
+	}
+	return nil, err
+}
+
+// writeThenWait is the raw.Read callback: on its first call it writes,
+// and asks to wait for readability; on the next, readability has come.
+func (c *backendConn) writeThenWait(fd uintptr) bool {
+	if c.waited {
+		return true
+	}
+	c.waited = true
+	for c.wpos < len(c.wbuf) {
+		n, err := syscall.Write(int(fd), c.wbuf[c.wpos:])
+		if n > 0 {
+			c.wpos += n
+		}
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err != nil:
+			c.werr = err
+			return true
+		case n <= 0:
+			c.werr = syscall.EIO
+			return true
+		}
+	}
+	return false
 }
 
 func (c *backendConn) Write(p []byte) (int, error) {

@@ -33,6 +33,7 @@ type call struct {
 	member   *Member
 	status   int
 	latency  time.Duration
+	at       int64 // when the response headers came, unix nanoseconds
 	stream   io.Reader
 	sent     int64
 	failed   bool
@@ -116,6 +117,7 @@ func (p *Proxy) forwardTo(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, tria
 	}
 	c.status = status
 	c.latency = now.Sub(start)
+	c.at = now.UnixNano()
 
 	if !c.x.hasBody() {
 		c.finish()
@@ -188,10 +190,12 @@ func (c *call) Close() error {
 // finish settles statistics and counters and returns c to the pool.
 func (c *call) finish() {
 	m := c.member
-	now := time.Now()
-	m.Stats.Record(c.status, c.latency, c.sent, c.reqBody.n, c.failed, now.UnixNano())
+	// The latency statistics are filed under the minute the response
+	// headers came (the latency measures the time to them), which spares
+	// reading the clock again; the access log wants the end of the body.
+	m.Stats.Record(c.status, c.latency, c.sent, c.reqBody.n, c.failed, c.at)
 	if l := c.proxy.settings.AccessLog; l != nil {
-		c.entry.settle(m, c.status, c.latency, c.sent, c.reqBody.n, now)
+		c.entry.settle(m, c.status, c.latency, c.sent, c.reqBody.n, time.Now())
 		l.Log(c.entry)
 	}
 	c.release()

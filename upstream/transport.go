@@ -31,6 +31,10 @@ type exchange struct {
 	br       *bufio.Reader
 	bodyIdle time.Duration
 
+	// wbuf and bw hold the request for sendAwait.
+	wbuf sliceWriter
+	bw   *bufio.Writer
+
 	remaining int64 // fixed length: bytes left; chunked: bytes left in chunk
 	chunked   bool
 	untilEOF  bool
@@ -78,6 +82,9 @@ func (x *exchange) send(req *fasthttp.Request, timeout time.Duration) (reused bo
 	reused = bc.exchanges > 0
 	bc.exchanges++
 	bc.idle = x.bodyIdle
+	if bc.raw != nil && !req.IsBodyStream() {
+		return reused, x.sendAwait(bc, req, timeout)
+	}
 	bw := x.hc.AcquireWriter(bc)
 	err = req.Write(bw)
 	if err == nil {
@@ -90,6 +97,47 @@ func (x *exchange) send(req *fasthttp.Request, timeout time.Duration) (reused bo
 	// The response-header timeout starts now that the request is out.
 	_ = bc.setReadDeadline(time.Now().Add(timeout))
 	return reused, nil
+}
+
+// sendAwait sends a request held in memory with one write system call and
+// then waits in the poller until the backend's answer is readable, so that
+// reading the response does not begin with a read that finds nothing yet
+// (the backend cannot have answered a request it has only just been sent).
+func (x *exchange) sendAwait(bc *backendConn, req *fasthttp.Request, timeout time.Duration) error {
+	if x.bw == nil {
+		x.bw = bufio.NewWriterSize(&x.wbuf, 4<<10)
+	}
+	x.wbuf.b = x.wbuf.b[:0]
+	x.bw.Reset(&x.wbuf)
+	err := req.Write(x.bw)
+	if err == nil {
+		err = x.bw.Flush()
+	}
+	if err != nil {
+		return err
+	}
+	// The write does not block (it is a non-blocking write of a request
+	// that fits the socket buffer, or the rest goes through the ordinary
+	// path below), so the header timeout can start now.
+	_ = bc.setReadDeadline(time.Now().Add(timeout))
+	rest, err := bc.writeAwait(x.wbuf.b)
+	if err != nil || len(rest) == 0 {
+		return timeoutOr(err)
+	}
+	// The socket buffer was full: send the rest the ordinary way, then
+	// start the header timeout again.
+	if _, err := bc.Write(rest); err != nil {
+		return err
+	}
+	return bc.setReadDeadline(time.Now().Add(timeout))
+}
+
+// sliceWriter appends what is written to b.
+type sliceWriter struct{ b []byte }
+
+func (w *sliceWriter) Write(p []byte) (int, error) {
+	w.b = append(w.b, p...)
+	return len(p), nil
 }
 
 func (x *exchange) readHeader(req *fasthttp.Request, resp *fasthttp.Response) error {
@@ -238,7 +286,13 @@ func (x *exchange) finish(resp *fasthttp.Response) {
 	}
 	if x.done && !x.broken && !resp.ConnectionClose() {
 		x.conn.bodyPhase = false
-		_ = x.conn.Conn.SetDeadline(time.Time{})
+		if x.conn.idle <= 0 {
+			// With an idle bound every write sets its own deadline and
+			// every exchange sets the read deadline before it reads, so
+			// stale deadlines on a pooled connection are harmless and
+			// clearing them would only cost two timer updates.
+			_ = x.conn.Conn.SetDeadline(time.Time{})
+		}
 		x.hc.ReleaseReader(x.br)
 		releaseConn(x.hc.ReleaseConn, x.cc)
 	} else {
@@ -259,6 +313,9 @@ func (x *exchange) closeConn() {
 }
 
 func timeoutOr(err error) error {
+	if err == nil {
+		return nil // errors.As would allocate its target
+	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
 		return fasthttp.ErrTimeout
