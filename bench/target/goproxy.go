@@ -24,6 +24,9 @@ type GoProxy struct {
 	Label  string // row label, such as "go-proxy" or "go-proxy@v1"
 	Binary string
 	Churn  *ChurnConfig // nil: a quiet registry
+	// Env is added to the proxy's environment (KEY=VALUE), for runs of
+	// one build under different runtime settings, such as GOMAXPROCS=1.
+	Env []string
 }
 
 // Name implements Target.
@@ -39,7 +42,7 @@ func (g *GoProxy) Kind() string { return KindGoProxy }
 
 // WithChurn returns the same build with registry churn during runs.
 func (g *GoProxy) WithChurn(c ChurnConfig) *GoProxy {
-	return &GoProxy{Label: g.Label, Binary: g.Binary, Churn: &c}
+	return &GoProxy{Label: g.Label, Binary: g.Binary, Churn: &c, Env: g.Env}
 }
 
 // routesPerSession is the registry's default limit.
@@ -79,7 +82,7 @@ func (g *GoProxy) start(ctx context.Context, s Setup) (*Instance, error) {
 	// The proxy runs with its defaults: PROXY_* variables of the caller's
 	// environment (access log, state file, …) are not passed on.
 	p, err := startProcEnv(g.Binary, []string{"serve", "-http-addr", httpAddr, "-registry-addr", regAddr, "-admin-addr", adminAddr},
-		s.Dir, fmt.Sprintf("go-proxy-%d.log", seq), func(kv string) bool { return strings.HasPrefix(kv, "PROXY_") })
+		s.Dir, fmt.Sprintf("go-proxy-%d.log", seq), func(kv string) bool { return strings.HasPrefix(kv, "PROXY_") }, g.Env)
 	if err != nil {
 		return nil, err
 	}

@@ -105,12 +105,12 @@ type proc struct {
 }
 
 func startProc(name string, args []string, dir, logName string) (*proc, error) {
-	return startProcEnv(name, args, dir, logName, nil)
+	return startProcEnv(name, args, dir, logName, nil, nil)
 }
 
 // startProcEnv is startProc with the environment filtered: variables for
-// which drop returns true are left out.
-func startProcEnv(name string, args []string, dir, logName string, drop func(string) bool) (*proc, error) {
+// which drop returns true are left out, and extra is added.
+func startProcEnv(name string, args []string, dir, logName string, drop func(string) bool, extra []string) (*proc, error) {
 	logf, err := os.Create(filepath.Join(dir, logName))
 	if err != nil {
 		return nil, err
@@ -123,6 +123,12 @@ func startProcEnv(name string, args []string, dir, logName string, drop func(str
 				cmd.Env = append(cmd.Env, kv)
 			}
 		}
+	}
+	if len(extra) > 0 {
+		if cmd.Env == nil {
+			cmd.Env = os.Environ()
+		}
+		cmd.Env = append(cmd.Env, extra...)
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

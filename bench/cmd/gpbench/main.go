@@ -114,6 +114,7 @@ type suiteFlags struct {
 	references, base, wrkBin, dir    string
 	keep, direct                     bool
 	tolerance                        float64
+	proxyEnv, variants               string
 }
 
 func cmdSuite(mode string, args []string, stdout, stderr io.Writer) int {
@@ -135,6 +136,11 @@ func cmdSuite(mode string, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&f.wrkThreads, "wrk-threads", 2, "wrk threads (-t)")
 	fs.StringVar(&f.out, "out", "bench-results.json", "JSON results file; the table is also written next to it as .txt")
 	fs.StringVar(&f.proxy, "proxy", "", "go-proxy binary to bench (empty: build the work tree)")
+	fs.StringVar(&f.proxyEnv, "proxy-env", "", "comma list of KEY=VALUE added to the environment of the go-proxy under test")
+	if mode == "run" {
+		fs.StringVar(&f.variants, "variants", "", "extra go-proxy rows of the same build under other environments: "+
+			"semicolon list of KEY=VALUE[,KEY=VALUE], each a row named go-proxy[KEY=VALUE,...]")
+	}
 	fs.DurationVar(&f.timeout, "timeout", 0, "bound for the whole run (0: twice the planned time plus 5 minutes)")
 	fs.DurationVar(&f.pause, "pause", 200*time.Millisecond, "pause between runs")
 	fs.Float64Var(&f.churnRate, "churn-rate", scenario.DefaultChurn.Rate, "churn sessions per second in the churn scenario")
@@ -241,13 +247,18 @@ func cmdSuite(mode string, args []string, stdout, stderr io.Writer) int {
 		if f.direct {
 			targets = append(targets, target.Direct{})
 		}
-		baseT = &target.GoProxy{Label: "base", Binary: baseBin}
-		newT = &target.GoProxy{Label: "new", Binary: newBin}
+		baseT = &target.GoProxy{Label: "base", Binary: baseBin, Env: envList(f.proxyEnv)}
+		newT = &target.GoProxy{Label: "new", Binary: newBin, Env: envList(f.proxyEnv)}
 		targets = append(targets, baseT, newT)
 	} else if agree {
-		targets = append(targets, target.Direct{}, &target.GoProxy{Label: "go-proxy", Binary: newBin})
+		targets = append(targets, target.Direct{}, &target.GoProxy{Label: "go-proxy", Binary: newBin, Env: envList(f.proxyEnv)})
 	} else {
-		targets = append(targets, target.Direct{}, &target.GoProxy{Label: "go-proxy", Binary: newBin})
+		targets = append(targets, target.Direct{}, &target.GoProxy{Label: "go-proxy", Binary: newBin, Env: envList(f.proxyEnv)})
+		for _, v := range strings.Split(f.variants, ";") {
+			if env := envList(v); len(env) > 0 {
+				targets = append(targets, &target.GoProxy{Label: "go-proxy[" + strings.Join(env, ",") + "]", Binary: newBin, Env: env})
+			}
+		}
 		refs, err := references(f.references)
 		if err != nil {
 			log("%s: %v", name, err)
@@ -606,4 +617,15 @@ func hostInfo() map[string]string {
 		}
 	}
 	return h
+}
+
+// envList splits a comma list of KEY=VALUE, dropping empty items.
+func envList(s string) []string {
+	var out []string
+	for _, kv := range strings.Split(s, ",") {
+		if kv = strings.TrimSpace(kv); kv != "" {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
