@@ -182,6 +182,20 @@ func (r *Registry) applyLocked(s *session, sc scopes, now time.Time) (*applyResu
 	if err := r.validateLocked(s, c); err != nil {
 		return nil, err
 	}
+	res, err := r.commitLocked(s, c, now)
+	if err != nil {
+		return nil, err
+	}
+	r.clearStagedLocked(s, sc)
+	s.lastApply = now
+	r.touchLocked()
+	return res, nil
+}
+
+// commitLocked makes c the session's active configuration in one
+// routing-table publish: an apply after validation, or another replica's
+// apply arriving through the shared store. It changes nothing on error.
+func (r *Registry) commitLocked(s *session, c *candidate, now time.Time) (*applyResult, error) {
 	res := &applyResult{added: []string{}, updated: []string{}, removed: []string{}}
 	var removed, added []*activeRoute
 	var replaced [][2]*activeRoute
@@ -268,9 +282,6 @@ func (r *Registry) applyLocked(s *session, sc scopes, now time.Time) (*applyResu
 	}
 	s.headers, s.options = c.headers, c.options
 	s.health, s.rates, s.breakers = c.health, c.rates, c.breakers
-	r.clearStagedLocked(s, sc)
-	s.lastApply = now
-	r.touchLocked()
 	return res, nil
 }
 

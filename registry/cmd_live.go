@@ -52,7 +52,7 @@ func cmdBreakerReset(_ *Registry, _ *conn, s *session, f []string, _ time.Time) 
 	return lines("CIRCUIT_OK")
 }
 
-func cmdStatsGet(_ *Registry, _ *conn, s *session, f []string, now time.Time) reply {
+func cmdStatsGet(r *Registry, _ *conn, s *session, f []string, now time.Time) reply {
 	var ids []uint64
 	if rid := field(f, 2); rid != "" {
 		id, ok := parseRouteID(rid)
@@ -70,11 +70,15 @@ func cmdStatsGet(_ *Registry, _ *conn, s *session, f []string, now time.Time) re
 		for c, n := range rep.StatusCodes {
 			codes[strconv.Itoa(c)] = n
 		}
-		out = append(out, map[string]any{
+		row := map[string]any{
 			"route_id": ridString(id), "requests": rep.Requests, "errors": rep.Errors,
 			"avg_latency_ms": rep.AvgMS, "p95_latency_ms": rep.P95MS, "p99_latency_ms": rep.P99MS,
 			"bytes_sent": rep.BytesSent, "bytes_received": rep.BytesReceived, "status_codes": codes,
-		})
+		}
+		if r.shared != nil { // statistics are per replica: say whose these are
+			row["replica"] = r.shared.replica
+		}
+		out = append(out, row)
 	}
 	return jsonReply("STATS_OK", out)
 }

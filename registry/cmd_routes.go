@@ -43,8 +43,10 @@ func cmdRouteAdd(r *Registry, _ *conn, s *session, f []string, now time.Time) re
 	if routeCount(s)+1 > r.cfg.MaxRoutesPerSession {
 		return lines("ERROR|limit exceeded: routes per session")
 	}
-	id := r.nextRoute
-	r.nextRoute++
+	id, err := r.newRouteIDLocked()
+	if err != nil {
+		return lines("ERROR|store unavailable")
+	}
 	s.staged.added[id] = spec
 	r.stageChanged(s, now)
 	return lines("ROUTE_OK|" + ridString(id))
@@ -100,10 +102,13 @@ func cmdRouteAddBulk(r *Registry, _ *conn, s *session, f []string, now time.Time
 	if routeCount(s)+len(specs) > r.cfg.MaxRoutesPerSession {
 		return lines("ERROR|limit exceeded: routes per session")
 	}
+	ids, err := r.newRouteIDsLocked(len(specs))
+	if err != nil {
+		return lines("ERROR|store unavailable")
+	}
 	out := make([]map[string]string, 0, len(specs))
-	for _, spec := range specs {
-		id := r.nextRoute
-		r.nextRoute++
+	for i, spec := range specs {
+		id := ids[i]
 		s.staged.added[id] = spec
 		out = append(out, map[string]string{"route_id": ridString(id), "status": "ok"})
 	}

@@ -138,6 +138,16 @@ func (r *Registry) detachLocked(c *conn, now time.Time, grace bool) {
 		s.disconnectedAt = now
 		s.live.SetConnected(false)
 		r.touchLocked()
+		if r.shared != nil {
+			if r.shared.recording { // the command's own write records it
+				if s.stored.release != nil {
+					s.stored.release()
+					s.stored.release = nil
+				}
+			} else {
+				r.releaseLocked(s)
+			}
+		}
 	}
 }
 

@@ -76,10 +76,18 @@ func (r *Registry) handle(c *conn, line string) (rep reply) {
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s := c.session
-	if s != nil {
-		s.lastActivity = now
+	if c.session != nil {
+		c.session.lastActivity = now
 	}
+	if r.shared != nil && sharedWrites[word] {
+		return r.sharedCommandLocked(c, f, func() reply { return r.dispatchLocked(c, f, line, now) })
+	}
+	return r.dispatchLocked(c, f, line, now)
+}
+
+// dispatchLocked runs one command on the connection's bound session.
+func (r *Registry) dispatchLocked(c *conn, f []string, line string, now time.Time) reply {
+	s, word := c.session, f[0]
 	switch word {
 	case "REGISTER":
 		return r.cmdRegister(c, f, line, now)

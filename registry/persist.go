@@ -66,7 +66,7 @@ func (p *persister) signal() {
 
 // wait blocks until a write covering version has been attempted.
 func (p *persister) wait(version uint64) {
-	if !p.r.cfg.Store.Persistent() {
+	if !p.r.cfg.Store.Persistent() || p.r.shared != nil {
 		return
 	}
 	p.signal()
@@ -80,7 +80,7 @@ func (p *persister) wait(version uint64) {
 // persisted turns a reply into one sent after the state change it follows
 // is on disk (§2.11 item 2). Without a persistent store it is unchanged.
 func (r *Registry) persisted(rep reply) reply {
-	if !r.cfg.Store.Persistent() {
+	if !r.cfg.Store.Persistent() || r.shared != nil { // shared: sharedCommandLocked writes first
 		return rep
 	}
 	version := r.touchLocked()
@@ -96,24 +96,32 @@ func (r *Registry) persisted(rep reply) reply {
 func (r *Registry) snapshotLocked() *State {
 	st := &State{Version: 1, NextRouteID: r.nextRoute, Sessions: make([]SessionState, 0, len(r.sessions))}
 	for _, s := range r.sessions {
-		ss := SessionState{
-			ID: s.id, Service: s.service, Instance: s.instance, MaintPort: s.maintPort, Metadata: s.metadata,
-			TokenFP: s.tokenFP, ConnectedAt: s.connectedAt, LastApply: s.lastApply,
-			Headers: s.headers, Options: s.options, Health: s.health, RateLimits: s.rates, Breakers: s.breakers,
-			MaintAll: s.maintAll, MaintAllAt: s.maintAllAt, MaintAllURL: s.maintLastURL, Maintenance: s.maint,
-			Drain: s.drain, Subscriptions: sortedKeys(s.subs),
-		}
-		for _, id := range sortedIDs(s.routes) {
-			ss.Routes = append(ss.Routes, RouteState{ID: id, routeSpec: s.routes[id].spec})
-		}
-		st.Sessions = append(st.Sessions, ss)
+		st.Sessions = append(st.Sessions, sessionStateLocked(s))
 	}
 	return st
+}
+
+// sessionStateLocked is one session's persisted form.
+func sessionStateLocked(s *session) SessionState {
+	ss := SessionState{
+		ID: s.id, Service: s.service, Instance: s.instance, MaintPort: s.maintPort, Metadata: s.metadata,
+		TokenFP: s.tokenFP, ConnectedAt: s.connectedAt, LastApply: s.lastApply,
+		Headers: s.headers, Options: s.options, Health: s.health, RateLimits: s.rates, Breakers: s.breakers,
+		MaintAll: s.maintAll, MaintAllAt: s.maintAllAt, MaintAllURL: s.maintLastURL, Maintenance: s.maint,
+		Drain: s.drain, Subscriptions: sortedKeys(s.subs),
+	}
+	for _, id := range sortedIDs(s.routes) {
+		ss.Routes = append(ss.Routes, RouteState{ID: id, routeSpec: s.routes[id].spec})
+	}
+	return ss
 }
 
 // Restore loads the persisted state and publishes its routes before any
 // listener accepts (§2.11 item 3). Restored sessions start in grace.
 func (r *Registry) Restore() error {
+	if r.shared != nil {
+		return r.restoreShared()
+	}
 	st, err := r.cfg.Store.Load()
 	if err != nil {
 		return err

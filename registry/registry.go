@@ -91,8 +91,9 @@ type Registry struct {
 	byIdentity map[identity]*session
 	index      map[poolKey]map[*session]int
 	nextRoute  uint64
-	version    uint64   // bumped on every change worth persisting
-	static     *session // owner of the routes file's routes (static.go); nil until ApplyStatic
+	version    uint64       // bumped on every change worth persisting
+	static     *session     // owner of the routes file's routes (static.go); nil until ApplyStatic
+	shared     *sharedState // set when the store is shared by several replicas (shared.go)
 
 	server    *server
 	liveEvent chan liveEvent
@@ -126,6 +127,9 @@ func New(cfg Config, table *router.Table[*upstream.Member], transport *upstream.
 		r.tokenFP = fingerprint(cfg.Token)
 	}
 	r.persist = newPersister(r)
+	if st, ok := cfg.Store.(SharedStore); ok {
+		r.shared = newSharedState(st)
+	}
 	return r, nil
 }
 
@@ -148,6 +152,9 @@ func (r *Registry) Start() error {
 		return err
 	}
 	r.server = srv
+	if r.shared != nil {
+		r.startWatch()
+	}
 	r.stopped.Add(3)
 	go r.housekeeping()
 	go r.deliverLiveEvents()
@@ -182,6 +189,9 @@ func (r *Registry) Close() {
 	case <-r.stop:
 	default:
 		close(r.stop)
+	}
+	if r.shared != nil {
+		r.closeShared()
 	}
 	r.stopped.Wait()
 	r.mu.Lock()
@@ -239,7 +249,8 @@ func (r *Registry) sweep(now time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, s := range r.sessions {
-		if s.conn == nil && !s.disconnectedAt.IsZero() && now.Sub(s.disconnectedAt) >= r.cfg.Grace {
+		// A shared session's grace period is its record's lease (shared.go).
+		if r.shared == nil && s.conn == nil && !s.disconnectedAt.IsZero() && now.Sub(s.disconnectedAt) >= r.cfg.Grace {
 			r.log.Info("session grace period ended", "sid", s.id, "service", s.service)
 			r.deleteSessionLocked(s)
 			continue
@@ -260,6 +271,13 @@ func (r *Registry) sweep(now time.Time) {
 // deleteSessionLocked removes a session and exactly its routes in one
 // publish (§2.6, §2.8, §2.9).
 func (r *Registry) deleteSessionLocked(s *session) {
+	if r.shared != nil && r.shared.recording {
+		r.shared.deleted = append(r.shared.deleted, s)
+	}
+	if s.stored.release != nil {
+		s.stored.release()
+		s.stored.release = nil
+	}
 	if len(s.routes) > 0 {
 		r.table.Update(func(tx *router.Txn[*upstream.Member]) {
 			for _, rt := range s.routes {

@@ -44,6 +44,8 @@ type session struct {
 
 	// static marks the reserved session of the routes file (static.go).
 	static bool
+	// stored is the session's shared-store record (shared.go).
+	stored storedSession
 }
 
 func newSession(id, service, instance string, now time.Time) *session {

@@ -211,8 +211,11 @@ func (r *Registry) ApplyStatic(routes []StaticRoute) error {
 			kept[id] = true
 			continue
 		}
-		ids[i] = r.nextRoute
-		r.nextRoute++
+		id, err := r.newRouteIDLocked()
+		if err != nil {
+			return fmt.Errorf("routes file: issuing route ids: %w", err)
+		}
+		ids[i] = id
 		spec := e.spec
 		st.added[ids[i]] = &spec
 	}

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,6 +23,77 @@ type Store interface {
 	// Persistent reports whether saved state survives a restart.
 	Persistent() bool
 }
+
+// SharedStore is a Store that several replicas use at once (etcd): it
+// holds each session as its own record, under a lease that expires after
+// the grace period unless the replica holding the session's connection
+// keeps it alive. The registry writes a session's record in one
+// transaction before it answers a command that changed it, and applies
+// every other replica's writes from Watch. Health checks, breakers,
+// rate-limit buckets and statistics are per replica and never stored.
+type SharedStore interface {
+	Store
+	// Replica names this process in records' owner field and STATS_GET.
+	Replica() string
+	// Records returns every session record and the store revision they
+	// were read at.
+	Records(ctx context.Context) ([]Record, int64, error)
+	// Record returns one session's record, nil when there is none.
+	Record(ctx context.Context, id string) (*Record, error)
+	// Commit applies the writes in one transaction: all or none. It
+	// returns ErrConflict when a write's revision condition fails and
+	// ErrUnavailable when the store cannot be reached.
+	Commit(ctx context.Context, writes []Write) (revision int64, err error)
+	// Grant creates a lease for a new session, expiring after ttl.
+	Grant(ctx context.Context, ttl time.Duration) (lease int64, err error)
+	// Hold keeps a lease alive until release is called; release renews it
+	// once more, so the grace period counts from the release.
+	Hold(lease int64) (release func())
+	// RouteIDs reserves n consecutive route ids unique across replicas.
+	RouteIDs(ctx context.Context, n uint64) (first uint64, err error)
+	// Watch delivers changes after revision until ctx ends. After a gap
+	// it could not bridge (the store compacted past it) it calls
+	// h.Resync with a fresh copy of every record.
+	Watch(ctx context.Context, revision int64, h WatchHandler)
+	// Available reports whether the last store operation succeeded (a
+	// background probe clears a failure once the store answers again).
+	Available() bool
+}
+
+// Record is one session as a SharedStore holds it.
+type Record struct {
+	Owner     string       `json:"owner"`     // replica holding the connection, or that last held it
+	Lease     int64        `json:"lease"`     // etcd lease: the grace period
+	Connected bool         `json:"connected"` // a replica holds its connection now
+	State     SessionState `json:"state"`
+	Revision  int64        `json:"-"` // the store's modification revision
+}
+
+// Write is one record written by Commit. Put nil deletes the session.
+// IfRevision is the record's revision the write expects: 0 means the
+// record must not exist, -1 means no condition.
+type Write struct {
+	ID         string
+	Put        *Record
+	IfRevision int64
+	// RevokeLease, when not 0, is revoked after the commit: a deleted
+	// session's lease (CLIENT_SHUTDOWN).
+	RevokeLease int64
+}
+
+// WatchHandler receives a SharedStore's changes.
+type WatchHandler interface {
+	Changed(rec *Record)
+	Deleted(id string, revision int64)
+	Resync(recs []Record, revision int64)
+}
+
+var (
+	// ErrUnavailable: the shared store cannot be reached.
+	ErrUnavailable = errors.New("store unavailable")
+	// ErrConflict: another replica changed the record first.
+	ErrConflict = errors.New("store record changed by another replica")
+)
 
 // State is everything needed to resume sessions after a restart (§2.11).
 type State struct {

@@ -22,6 +22,14 @@ type config struct {
 	SessionGrace   time.Duration
 	IdleTimeout    time.Duration
 	StateFile      string
+	Store          string // "" (embedded) or etcd://host:port,… (store.go)
+	StorePrefix    string
+	StoreCA        string
+	StoreCert      string
+	StoreKey       string
+	StoreUser      string
+	StorePassword  string
+	Replica        string
 	RegistryToken  string
 	TrustedProxies string
 	LogLevel       string
@@ -92,6 +100,14 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 		{"session-grace", "PROXY_SESSION_GRACE", "90s", "how long a disconnected session's routes keep serving", dur(&c.SessionGrace)},
 		{"idle-timeout", "PROXY_IDLE_TIMEOUT", "120s", "registry connection idle timeout", dur(&c.IdleTimeout)},
 		{"state-file", "PROXY_STATE_FILE", "", "file the registry state is persisted to and restored from (unset: no persistence)", str(&c.StateFile)},
+		{"store", "PROXY_STORE", "", "shared registry store for several replicas: etcd://host:2379,host2:2379 (unset: embedded, see -state-file)", str(&c.Store)},
+		{"store-prefix", "PROXY_STORE_PREFIX", "/go-proxy/", "key prefix in the shared store; replicas with the same prefix share one routing table", str(&c.StorePrefix)},
+		{"store-ca", "PROXY_STORE_CA", "", "PEM CA bundle to verify etcd's certificates (enables TLS)", str(&c.StoreCA)},
+		{"store-cert", "PROXY_STORE_CERT", "", "PEM client certificate for etcd (with -store-key)", str(&c.StoreCert)},
+		{"store-key", "PROXY_STORE_KEY", "", "PEM client key for etcd", str(&c.StoreKey)},
+		{"store-user", "PROXY_STORE_USER", "", "etcd user name (unset: no authentication)", str(&c.StoreUser)},
+		{"store-password", "PROXY_STORE_PASSWORD", "", "etcd password", str(&c.StorePassword)},
+		{"replica", "PROXY_REPLICA", "", "this replica's name in the shared store and STATS_GET (unset: host-pid-random)", str(&c.Replica)},
 		{"registry-token", "PROXY_REGISTRY_TOKEN", "", "token services must send as metadata auth_token (unset: no token)", str(&c.RegistryToken)},
 		{"trusted-proxies", "PROXY_TRUSTED_PROXIES", "", "comma-separated CIDRs whose X-Forwarded-For is trusted (unset: none)", str(&c.TrustedProxies)},
 		{"log-level", "PROXY_LOG_LEVEL", "info", "log level: debug, info, warn or error", str(&c.LogLevel)},
@@ -180,6 +196,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 		return nil, fmt.Errorf("acme-domains needs -acme-cache-dir")
 	}
 	if err := c.checkAccessLog(); err != nil { // accesslog.go
+		return nil, err
+	}
+	if _, err := c.storeEndpoints(); err != nil { // store.go
 		return nil, err
 	}
 	return c, nil

@@ -123,10 +123,11 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, ready chan<- list
 	checker := health.NewChecker(health.Settings{Logger: log, Allow: backendAllow})
 	defer checker.Stop()
 
-	var store registry.Store = registry.NewMemoryStore()
-	if cfg.StateFile != "" {
-		store = registry.NewFileStore(cfg.StateFile, log)
+	store, closeStore, err := openStore(cfg, log) // store.go
+	if err != nil {
+		return err
 	}
+	defer closeStore()
 	reg, err := registry.New(registry.Config{
 		Addr:                cfg.RegistryAddr,
 		Grace:               cfg.SessionGrace,
