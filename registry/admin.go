@@ -14,7 +14,9 @@ type SessionView struct {
 	Instance string          `json:"instance"`
 	Metadata json.RawMessage `json:"metadata"`
 	// Connected is false while the session is in grace.
-	Connected      bool       `json:"connected"`
+	Connected bool `json:"connected"`
+	// Replica holds the session's connection (shared store only).
+	Replica        string     `json:"replica,omitempty"`
 	RemoteAddr     string     `json:"remote_addr,omitempty"`
 	ConnectedAt    time.Time  `json:"connected_at"`
 	LastActivity   time.Time  `json:"last_activity"`
@@ -61,6 +63,10 @@ func (r *Registry) Sessions() []SessionView {
 		}
 		if len(v.Metadata) == 0 {
 			v.Metadata = nil
+		}
+		if rec := s.stored.rec; rec != nil {
+			v.Replica = rec.Owner
+			v.Connected = v.Connected || rec.Connected && rec.Owner != r.shared.replica
 		}
 		if s.conn != nil && s.conn.ip.IsValid() {
 			v.RemoteAddr = s.conn.ip.String()

@@ -224,6 +224,7 @@ func (r *Registry) syncRecordLocked(rec *Record, force bool) {
 		s.conn = nil
 	}
 	if s.conn == nil {
+		s.staged = rec.Staged.changeSet()
 		if s.stored.release != nil && rec.Owner != r.shared.replica {
 			s.stored.release()
 			s.stored.release = nil
@@ -270,13 +271,23 @@ func (r *Registry) syncMaintenanceLocked(s *session, ss *SessionState) {
 	s.maintAll, s.maintAllAt, s.maintLastURL = ss.MaintAll, ss.MaintAllAt, ss.MaintAllURL
 }
 
-// recordLocked is the record this replica writes for a session it holds.
+// recordLocked is the record this replica writes for a session it holds:
+// a deep copy (through JSON), since the write runs off the lock while the
+// session's maps may change.
 func (r *Registry) recordLocked(s *session) *Record {
-	rec := &Record{Owner: r.shared.replica, Connected: s.conn != nil, State: sessionStateLocked(s)}
+	rec := &Record{Owner: r.shared.replica, Connected: s.conn != nil, State: sessionStateLocked(s), Staged: s.staged.state()}
 	if s.stored.rec != nil {
 		rec.Lease = s.stored.rec.Lease
 	}
-	return rec
+	data, err := json.Marshal(rec)
+	if err != nil {
+		panic("registry: encoding a session record: " + err.Error())
+	}
+	out := new(Record)
+	if err := json.Unmarshal(data, out); err != nil {
+		panic("registry: decoding a session record: " + err.Error())
+	}
+	return out
 }
 
 // sharedWrite is one session's pending write with what to roll back to.

@@ -66,7 +66,10 @@ type Record struct {
 	Lease     int64        `json:"lease"`     // etcd lease: the grace period
 	Connected bool         `json:"connected"` // a replica holds its connection now
 	State     SessionState `json:"state"`
-	Revision  int64        `json:"-"` // the store's modification revision
+	// Staged is the session's staged configuration as of its last write,
+	// so that a RECONNECT through another replica keeps it (§2.5).
+	Staged   *StagedState `json:"staged,omitempty"`
+	Revision int64        `json:"-"` // the store's modification revision
 }
 
 // Write is one record written by Commit. Put nil deletes the session.
@@ -124,6 +127,64 @@ type SessionState struct {
 	Maintenance   map[uint64]*maintEntry `json:"maintenance"`
 	Drain         *drainState            `json:"drain,omitempty"`
 	Subscriptions []string               `json:"subscriptions"`
+}
+
+// StagedState is a session's staged configuration (§4.5) in a Record.
+type StagedState struct {
+	Added    map[uint64]*routeSpec  `json:"added,omitempty"`
+	Updates  map[uint64]*routeSpec  `json:"updates,omitempty"`
+	Removals []uint64               `json:"removals,omitempty"`
+	Headers  kvOps                  `json:"headers,omitempty"`
+	Options  kvOps                  `json:"options,omitempty"`
+	Health   map[uint64]*healthCfg  `json:"health,omitempty"`
+	Rates    map[uint64]*rateCfg    `json:"rate_limits,omitempty"`
+	Breakers map[uint64]*breakerCfg `json:"breakers,omitempty"`
+	Changed  time.Time              `json:"changed"`
+}
+
+func (c *changeSet) state() *StagedState {
+	if c.empty() {
+		return nil
+	}
+	return &StagedState{Added: c.added, Updates: c.updates, Removals: sortedIDs(c.removals),
+		Headers: c.headers, Options: c.options, Health: c.health, Rates: c.rates, Breakers: c.breakers, Changed: c.changed}
+}
+
+func (st *StagedState) changeSet() *changeSet {
+	c := newChangeSet()
+	if st == nil {
+		return c
+	}
+	for id, v := range st.Added {
+		c.added[id] = v
+	}
+	for id, v := range st.Updates {
+		c.updates[id] = v
+	}
+	for _, id := range st.Removals {
+		c.removals[id] = true
+	}
+	for t, kv := range st.Headers {
+		for k, v := range kv {
+			c.headers.set(t, k, v)
+		}
+	}
+	for t, kv := range st.Options {
+		for k, v := range kv {
+			c.options.set(t, k, v)
+		}
+	}
+	for id, v := range st.Health {
+		c.health[id] = v
+	}
+	for id, v := range st.Rates {
+		c.rates[id] = v
+	}
+	for id, v := range st.Breakers {
+		c.breakers[id] = v
+	}
+	c.changed = st.Changed
+	return c
 }
 
 // RouteState is one persisted active route.

@@ -62,10 +62,35 @@ func TestConfigRejectsBadValues(t *testing.T) {
 		{nil, map[string]string{"PROXY_IDLE_TIMEOUT": "-3s"}},
 		{[]string{"-trusted-proxies", "not-a-cidr"}, nil},
 		{[]string{"-max-sessions", "many"}, nil},
+		{[]string{"-store", "consul://x:8500"}, nil},
+		{[]string{"-store", "etcd://"}, nil},
+		{[]string{"-store", "etcd://e1:2379", "-state-file", "/tmp/s.json"}, nil},
+		{[]string{"-store", "etcd://e1:2379", "-store-cert", "c.pem"}, nil},
 	} {
 		if _, err := parseConfig(tc.args, env(tc.env), io.Discard); err == nil {
 			t.Errorf("%v %v: accepted", tc.args, tc.env)
 		}
+	}
+}
+
+func TestConfigStoreEndpoints(t *testing.T) {
+	c, err := parseConfig(nil, env(map[string]string{"PROXY_STORE": "etcd://e1:2379, e2:2379"}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eps, _ := c.storeEndpoints()
+	if strings.Join(eps, " ") != "http://e1:2379 http://e2:2379" {
+		t.Fatalf("endpoints %v", eps)
+	}
+	c, err = parseConfig([]string{"-store", "etcd://e1:2379", "-store-ca", "ca.pem"}, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if eps, _ := c.storeEndpoints(); eps[0] != "https://e1:2379" {
+		t.Fatalf("with a CA the endpoints are https: %v", eps)
+	}
+	if c, _ := parseConfig(nil, env(nil), io.Discard); c.Store != "" {
+		t.Fatal("the default store must be the embedded one")
 	}
 }
 
@@ -76,13 +101,13 @@ func TestHelpDocumentsEveryFlag(t *testing.T) {
 		t.Fatalf("-h exit code %d", code)
 	}
 	for _, name := range []string{"http-addr", "registry-addr", "admin-addr", "session-grace", "idle-timeout",
-		"state-file", "registry-token", "trusted-proxies", "log-level"} {
+		"state-file", "registry-token", "trusted-proxies", "log-level", "store", "store-ca", "replica"} {
 		if !strings.Contains(out.String(), "-"+name) {
 			t.Errorf("-h does not document -%s", name)
 		}
 	}
 	for _, v := range []string{"PROXY_HTTP_ADDR", "PROXY_REGISTRY_ADDR", "PROXY_ADMIN_ADDR", "PROXY_SESSION_GRACE",
-		"PROXY_IDLE_TIMEOUT", "PROXY_STATE_FILE", "PROXY_REGISTRY_TOKEN", "PROXY_TRUSTED_PROXIES", "PROXY_LOG_LEVEL"} {
+		"PROXY_IDLE_TIMEOUT", "PROXY_STATE_FILE", "PROXY_REGISTRY_TOKEN", "PROXY_TRUSTED_PROXIES", "PROXY_LOG_LEVEL", "PROXY_STORE"} {
 		if !strings.Contains(out.String(), v) {
 			t.Errorf("-h does not name %s", v)
 		}

@@ -34,7 +34,7 @@ type replica struct {
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func startReplica(t *testing.T, name, endpoint string, grace time.Duration) *replica {
+func startReplica(t testing.TB, name, endpoint string, grace time.Duration) *replica {
 	t.Helper()
 	st, err := etcdstore.Open(etcdstore.Config{Endpoints: []string{"http://" + endpoint}, Replica: name, Logger: quiet(), OpTimeout: time.Second})
 	if err != nil {
@@ -77,12 +77,12 @@ func startReplica(t *testing.T, name, endpoint string, grace time.Duration) *rep
 
 // client is a raw registry connection.
 type client struct {
-	t    *testing.T
+	t    testing.TB
 	conn net.Conn
 	rd   *bufio.Reader
 }
 
-func dial(t *testing.T, addr string) *client {
+func dial(t testing.TB, addr string) *client {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -110,7 +110,7 @@ func (c *client) read() string {
 	return strings.TrimRight(l, "\r\n")
 }
 
-func backend(t *testing.T, name string) *httptest.Server {
+func backend(t testing.TB, name string) *httptest.Server {
 	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, name) }))
 	t.Cleanup(s.Close)
 	return s
@@ -129,7 +129,7 @@ func get(addr, host string) (int, string, error) {
 	return resp.StatusCode, string(b), nil
 }
 
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
 	for !cond() {
@@ -232,9 +232,32 @@ func TestReplicasShareRoutes(t *testing.T) {
 		t.Fatalf("STATS_GET should name the replica: %s", got)
 	}
 
+	// Staged configuration survives a move: staged on B, the connection
+	// drops, the session resumes on C and applies it there.
+	if got := cb.say("ROUTE_ADD|" + sid + "|staged.test|/|" + be.URL + "|10"); !strings.HasPrefix(got, "ROUTE_OK|") {
+		t.Fatal(got)
+	}
+	cb.conn.Close()
+	waitFor(t, time.Second, "B records the disconnect", func() bool {
+		for _, v := range c.reg.Sessions() {
+			if v.ID == sid && !v.Connected {
+				return true
+			}
+		}
+		return false
+	})
+	cc := dial(t, c.regAddr)
+	if got := cc.say("RECONNECT|" + sid); got != "OK" {
+		t.Fatalf("RECONNECT through C: %q", got)
+	}
+	if got := cc.say("CONFIG_APPLY"); got != "OK" {
+		t.Fatal(got)
+	}
+	waitFor(t, time.Second, "the route staged on B and applied on C serves on A", serves(a.httpAddr, "staged.test", "one"))
+
 	// The connection drops: after the grace period the session is gone
 	// from every replica.
-	cb.conn.Close()
+	cc.conn.Close()
 	time.Sleep(grace / 2)
 	if !serves(c.httpAddr, "app.test", "two")() {
 		t.Fatal("routes must keep serving during grace")
