@@ -341,3 +341,68 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// TestComposeSwarmHA checks the three-replica example: every replica on
+// the same etcd cluster, three etcd members that name each other, each
+// with its own volume, and etcd reachable only on its own network.
+func TestComposeSwarmHA(t *testing.T) {
+	c := readCompose(t, "docker-compose.swarm-ha.yml")
+	p, ok := c.Services["go-proxy"]
+	if !ok {
+		t.Fatal("no go-proxy service")
+	}
+	if p.Deploy.Replicas != 3 || p.Deploy.UpdateConfig.Order != "start-first" {
+		t.Errorf("want 3 replicas updated start-first: %+v", p.Deploy)
+	}
+	envs := map[string]string{}
+	for k, v := range p.Environment {
+		envs[k] = interpolate(v)
+	}
+	var help strings.Builder
+	run([]string{"-h"}, env(nil), io.Discard, &help)
+	for k := range envs {
+		if !strings.Contains(help.String(), "env "+k+",") {
+			t.Errorf("compose sets %s, which go-proxy does not read", k)
+		}
+	}
+	cfg, err := parseConfig(nil, env(envs), io.Discard)
+	if err != nil {
+		t.Fatalf("the compose environment does not parse: %v", err)
+	}
+	eps, err := cfg.storeEndpoints()
+	if err != nil || len(eps) != 3 || cfg.StateFile != "" {
+		t.Fatalf("replicas must share etcd and keep no state file: %v %v %q", eps, err, cfg.StateFile)
+	}
+	var members []string
+	volumes := map[string]bool{}
+	for i := 1; i <= 3; i++ {
+		name := fmt.Sprintf("etcd%d", i)
+		e, ok := c.Services[name]
+		if !ok {
+			t.Fatalf("no %s service", name)
+		}
+		if !strings.Contains(strings.Join(eps, ","), "//"+name+":2379") {
+			t.Errorf("go-proxy does not list %s among its endpoints %v", name, eps)
+		}
+		args := strings.Join(e.Command, " ")
+		if !strings.Contains(args, "--name="+name) ||
+			!strings.Contains(args, "--initial-cluster=etcd1=http://etcd1:2380,etcd2=http://etcd2:2380,etcd3=http://etcd3:2380") {
+			t.Errorf("%s: %s", name, args)
+		}
+		members = append(members, name)
+		if len(e.Volumes) != 1 || volumes[e.Volumes[0]] {
+			t.Errorf("%s needs a data volume of its own: %v", name, e.Volumes)
+		}
+		volumes[e.Volumes[0]] = true
+		if len(e.Ports) != 0 {
+			t.Errorf("%s must not publish ports", name)
+		}
+		var nets []string
+		if err := e.Networks.Decode(&nets); err != nil || len(nets) != 1 || nets[0] != "store-net" {
+			t.Errorf("%s must be on store-net only: %v %v", name, nets, err)
+		}
+	}
+	if len(members) != 3 {
+		t.Fatal("want three etcd members")
+	}
+}
