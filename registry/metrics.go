@@ -94,12 +94,15 @@ func (r *Registry) CommandErrors(word string) uint64 {
 // WriteMetrics writes the registry's series in Prometheus text format:
 // sessions connected and in grace, applies, and command errors by command.
 func (r *Registry) WriteMetrics(w io.Writer) {
-	connected, grace, routes := 0, 0, 0
+	connected, remote, grace, routes := 0, 0, 0, 0
 	r.mu.Lock()
 	for _, s := range r.sessions {
-		if s.conn != nil {
+		switch rec := s.stored.rec; {
+		case s.conn != nil:
 			connected++
-		} else {
+		case rec != nil && rec.Connected && rec.Owner != r.shared.replica:
+			remote++
+		default:
 			grace++
 		}
 		routes += len(s.routes)
@@ -108,9 +111,20 @@ func (r *Registry) WriteMetrics(w io.Writer) {
 	commandLabelsOnce.Do(initCommandLabels)
 
 	b := make([]byte, 0, 4096)
-	b = upstream.AppendPromFamily(b, "goproxy_registry_sessions", "gauge", "Registry sessions by state: connected, or disconnected and in grace.")
+	b = upstream.AppendPromFamily(b, "goproxy_registry_sessions", "gauge", "Registry sessions by state: connected here, connected to another replica (shared store), or disconnected and in grace.")
 	b = upstream.AppendPromSample(b, "goproxy_registry_sessions", `state="connected"`, uint64(connected))
+	if r.shared != nil {
+		b = upstream.AppendPromSample(b, "goproxy_registry_sessions", `state="remote"`, uint64(remote))
+	}
 	b = upstream.AppendPromSample(b, "goproxy_registry_sessions", `state="grace"`, uint64(grace))
+	if r.shared != nil {
+		up := uint64(0)
+		if r.shared.store.Available() {
+			up = 1
+		}
+		b = upstream.AppendPromFamily(b, "goproxy_registry_store_up", "gauge", "1 while the shared store (etcd) answers; writes fail with ERROR|store unavailable otherwise.")
+		b = upstream.AppendPromSample(b, "goproxy_registry_store_up", "", up)
+	}
 	b = upstream.AppendPromFamily(b, "goproxy_registry_session_routes", "gauge", "Active routes held by registry sessions.")
 	b = upstream.AppendPromSample(b, "goproxy_registry_session_routes", "", uint64(routes))
 	b = upstream.AppendPromFamily(b, "goproxy_registry_applies_total", "counter", "CONFIG_APPLY and CONFIG_APPLY_PARTIAL by result.")

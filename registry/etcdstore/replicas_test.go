@@ -281,6 +281,14 @@ func TestStoreUnavailable(t *testing.T) {
 	waitFor(t, time.Second, "route on B", serves(b.httpAddr, "app.test", "one"))
 
 	etcd.Stop()
+	eventuallyMetric := func(r *replica, want string) {
+		waitFor(t, 5*time.Second, r.name+" reports "+want, func() bool {
+			var sb strings.Builder
+			r.reg.WriteMetrics(&sb)
+			return strings.Contains(sb.String(), want)
+		})
+	}
+	eventuallyMetric(b, "goproxy_registry_store_up 0")
 	// Writes fail whole, reads answer, traffic keeps flowing.
 	rid := ca.say("ROUTE_ADD|" + sid + "|new.test|/|" + be.URL + "|10")
 	if strings.HasPrefix(rid, "ROUTE_OK|") {
@@ -318,4 +326,6 @@ func TestStoreUnavailable(t *testing.T) {
 		t.Fatal(got)
 	}
 	waitFor(t, 2*time.Second, "route applied after the outage serves on B", serves(b.httpAddr, "later.test", "one"))
+	eventuallyMetric(b, "goproxy_registry_store_up 1")
+	eventuallyMetric(b, `goproxy_registry_sessions{state="remote"} 1`)
 }
