@@ -45,13 +45,7 @@ type promHistogram struct {
 // observe adds one latency, in microseconds, to the route's histogram,
 // allocating it on the route's first request.
 func (s *Stats) observe(us uint64) {
-	h := s.histogram.Load()
-	if h == nil {
-		h = new(promHistogram)
-		if !s.histogram.CompareAndSwap(nil, h) {
-			h = s.histogram.Load()
-		}
-	}
+	h := loadOrNew(&s.histogram)
 	i := 0
 	for i < len(latencyBoundsUS) && us > latencyBoundsUS[i] {
 		i++
@@ -86,7 +80,7 @@ func (s *Stats) Counters() StatsCounters {
 	}
 	if t := s.codes.Load(); t != nil {
 		for code := 100; code < 600; code++ {
-			c.StatusClasses[code/100-1] += t[code].Load()
+			c.StatusClasses[code/100-1] += t.load(code)
 		}
 	}
 	if h := s.histogram.Load(); h != nil {

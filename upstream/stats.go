@@ -7,8 +7,12 @@ import (
 )
 
 // Stats are a route's request statistics (registry-v2 §6.13), counted with
-// atomics only. The status-code table and the latency windows are
-// allocated on the route's first request, so idle routes cost a few words.
+// atomics only. Everything beyond the counters is allocated on demand, in
+// small pieces, and kept once allocated (so that a route in steady state
+// allocates nothing): the status-code table one decade of codes at a time,
+// the latency windows one minute slot at a time and, within a slot, one
+// power of two of latencies at a time. An idle route costs a few words, a
+// route that served one request under 1 KiB.
 type Stats struct {
 	requests      atomic.Uint64
 	errors        atomic.Uint64
@@ -24,29 +28,78 @@ type Stats struct {
 	drained     atomic.Uint64
 }
 
-type statusTable [600]atomic.Uint64
+// statusTable counts responses by status code, 100-599, in decades
+// (codes 100-109, 110-119, …) allocated on their first response.
+type statusTable [statusDecades]atomic.Pointer[statusDecade]
+
+type statusDecade [10]atomic.Uint64
+
+const statusDecades = 50
+
+// count returns the counter of status (100-599), allocating its decade.
+func (t *statusTable) count(status int) *atomic.Uint64 {
+	i := status/10 - 10
+	d := t[i].Load()
+	if d == nil {
+		d = new(statusDecade)
+		if !t[i].CompareAndSwap(nil, d) {
+			d = t[i].Load()
+		}
+	}
+	return &d[status%10]
+}
+
+// load returns the count of status, 0 for a decade never used.
+func (t *statusTable) load(status int) uint64 {
+	if d := t[status/10-10].Load(); d != nil {
+		return d[status%10].Load()
+	}
+	return 0
+}
 
 // Latency histogram: values in microseconds, exact below 32 µs, then 16
 // log-linear buckets per power of two up to 2^27 µs (134 s). Reporting the
-// bucket midpoint keeps the relative error under 3.2 %.
+// bucket midpoint keeps the relative error under 3.2 %. The buckets come
+// in chunks of 16 (the exact range is the first two, every power of two
+// from 32 µs one more), allocated in a slot when a latency first falls in
+// them: a route's latencies usually span a few powers of two.
 const (
 	latencyExact   = 32
 	latencySubBits = 4
 	latencyMaxMSB  = 27
 	latencyBuckets = latencyExact + (latencyMaxMSB-4)*(1<<latencySubBits)
+	latencyChunk   = 1 << latencySubBits
+	latencyChunks  = latencyBuckets / latencyChunk
 	latencySlots   = 5
 	latencySlotNS  = int64(time.Minute)
 	latencyMaxReqs = 10_000
 )
 
+// latencySlot is one minute of latencies. Its request count is the sum of
+// its buckets, read at report time, so recording takes one atomic fewer.
 type latencySlot struct {
 	epoch  atomic.Int64
-	count  atomic.Uint64
 	sumUS  atomic.Uint64
-	counts [latencyBuckets]atomic.Uint32
+	chunks [latencyChunks]atomic.Pointer[latencyCounts]
 }
 
-type latencyWindows [latencySlots]latencySlot
+type latencyCounts [latencyChunk]atomic.Uint32
+
+// latencyWindows are the slots of the last five minutes, each allocated on
+// the first request of its minute and reused after.
+type latencyWindows [latencySlots]atomic.Pointer[latencySlot]
+
+// loadOrNew returns *p, allocating it when nil.
+func loadOrNew[T any](p *atomic.Pointer[T]) *T {
+	v := p.Load()
+	if v == nil {
+		v = new(T)
+		if !p.CompareAndSwap(nil, v) {
+			v = p.Load()
+		}
+	}
+	return v
+}
 
 func latencyBucket(us uint64) int {
 	if us < latencyExact {
@@ -87,38 +140,29 @@ func (s *Stats) Record(status int, latency time.Duration, sent, received int64, 
 		s.bytesReceived.Add(uint64(received))
 	}
 	if status >= 100 && status < 600 {
-		t := s.codes.Load()
-		if t == nil {
-			t = new(statusTable)
-			if !s.codes.CompareAndSwap(nil, t) {
-				t = s.codes.Load()
-			}
-		}
-		t[status].Add(1)
+		loadOrNew(&s.codes).count(status).Add(1)
 	}
-	w := s.latency.Load()
-	if w == nil {
-		w = new(latencyWindows)
-		if !s.latency.CompareAndSwap(nil, w) {
-			w = s.latency.Load()
-		}
-	}
+	w := loadOrNew(&s.latency)
 	epoch := now / latencySlotNS
-	slot := &w[epoch%latencySlots]
+	slot := loadOrNew(&w[epoch%latencySlots])
 	if old := slot.epoch.Load(); old != epoch && slot.epoch.CompareAndSwap(old, epoch) {
-		// A new minute reuses the slot; a few concurrent records may land
-		// in the old counts, well within the allowed approximation.
-		slot.count.Store(0)
+		// A new minute reuses the slot and its chunks; a few concurrent
+		// records may land in the old counts, well within the allowed
+		// approximation.
 		slot.sumUS.Store(0)
-		for i := range slot.counts {
-			slot.counts[i].Store(0)
+		for i := range slot.chunks {
+			if c := slot.chunks[i].Load(); c != nil {
+				for j := range c {
+					c[j].Store(0)
+				}
+			}
 		}
 	}
 	us := uint64(max(latency, 0) / time.Microsecond)
 	s.observe(us)
-	slot.counts[latencyBucket(us)].Add(1)
+	b := latencyBucket(us)
+	loadOrNew(&slot.chunks[b/latencyChunk])[b%latencyChunk].Add(1)
 	slot.sumUS.Add(us)
-	slot.count.Add(1)
 }
 
 // AddBytes counts bytes moved outside a request's own accounting (the
@@ -146,9 +190,13 @@ func (s *Stats) Report(now int64) Report {
 		StatusCodes:   map[int]uint64{},
 	}
 	if t := s.codes.Load(); t != nil {
-		for code := range t {
-			if n := t[code].Load(); n > 0 {
-				r.StatusCodes[code] = n
+		for i := range t {
+			if d := t[i].Load(); d != nil {
+				for j := range d {
+					if n := d[j].Load(); n > 0 {
+						r.StatusCodes[100+10*i+j] = n
+					}
+				}
 			}
 		}
 	}
@@ -160,14 +208,19 @@ func (s *Stats) Report(now int64) Report {
 	var count, sum uint64
 	epoch := now / latencySlotNS
 	for back := int64(0); back < latencySlots && count < latencyMaxReqs; back++ {
-		slot := &w[(epoch-back)%latencySlots]
-		if slot.epoch.Load() != epoch-back {
+		slot := w[(epoch-back)%latencySlots].Load()
+		if slot == nil || slot.epoch.Load() != epoch-back {
 			continue
 		}
-		count += slot.count.Load()
 		sum += slot.sumUS.Load()
-		for i := range slot.counts {
-			hist[i] += uint64(slot.counts[i].Load())
+		for i := range slot.chunks {
+			if c := slot.chunks[i].Load(); c != nil {
+				for j := range c {
+					n := uint64(c[j].Load())
+					hist[i*latencyChunk+j] += n
+					count += n
+				}
+			}
 		}
 	}
 	if count == 0 {
