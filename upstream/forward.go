@@ -47,20 +47,20 @@ type call struct {
 }
 
 // forward sends the request to member m's backend and relays the response.
-func (p *Proxy) forward(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, trial bool, start time.Time) error {
-	return p.forwardTo(ctx, m, cfg, trial, start, false)
+func (p *Proxy) forward(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, trial bool, start time.Time, present headerSet) error {
+	return p.forwardTo(ctx, m, cfg, trial, start, false, present)
 }
 
 // forwardTo does the work of forward; maintenance marks a request proxied
 // to a maintenance page, which counts for no breaker and gets
 // X-Maintenance-Mode instead of the route headers. On error nothing has
 // been written to ctx.
-func (p *Proxy) forwardTo(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, trial bool, start time.Time, maintenance bool) error {
+func (p *Proxy) forwardTo(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, trial bool, start time.Time, maintenance bool, present headerSet) error {
 	c := p.calls.Get().(*call)
 	c.member = m
 	be := cfg.Backend
 	out := &c.out
-	c.prepareRequest(ctx, be, cfg, p)
+	c.prepareRequest(ctx, be, cfg, p, present)
 	if p.settings.AccessLog != nil {
 		c.entry.capture(ctx, start)
 	}
@@ -104,17 +104,7 @@ func (p *Proxy) forwardTo(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, tria
 	}
 
 	h := &ctx.Response.Header
-	c.resp.Header.CopyTo(h)
-	h.SetProtocol(protocolHTTP11) // the client speaks to us, not to the backend
-	h.ResetConnectionClose()
-	removeHopByHop(h, c.resp.Header.Peek(headerConnection))
-	if maintenance {
-		h.SetBytesKV(headerMaintenanceMode, valueTrue)
-	} else {
-		for i := range cfg.Headers {
-			h.SetCanonical(cfg.Headers[i].Name, cfg.Headers[i].Value)
-		}
-	}
+	relayResponseHeaders(h, &c.resp, cfg, maintenance)
 	c.status = status
 	c.latency = now.Sub(start)
 	c.at = now.UnixNano()
@@ -133,20 +123,46 @@ func (p *Proxy) forwardTo(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, tria
 	return nil
 }
 
-func (c *call) prepareRequest(ctx *fasthttp.RequestCtx, be *Backend, cfg *Config, p *Proxy) {
+// relayResponseHeaders sets h, the client's response headers, from the
+// backend's response: its headers without the hop-by-hop ones, and the
+// route's own headers (or, for a maintenance page, X-Maintenance-Mode).
+func relayResponseHeaders(h *fasthttp.ResponseHeader, resp *fasthttp.Response, cfg *Config, maintenance bool) {
+	resp.Header.CopyTo(h)
+	h.SetProtocol(protocolHTTP11) // the client speaks to us, not to the backend
+	h.ResetConnectionClose()
+	removeHopByHop(h, resp.Header.Peek(headerConnection))
+	if maintenance {
+		h.SetBytesKV(headerMaintenanceMode, valueTrue)
+	} else {
+		for i := range cfg.Headers {
+			h.SetCanonical(cfg.Headers[i].Name, cfg.Headers[i].Value)
+		}
+	}
+}
+
+// prepareRequest builds the backend request from the client's; present
+// says which of the headers it deletes or replaces the client's request
+// has (admit).
+func (c *call) prepareRequest(ctx *fasthttp.RequestCtx, be *Backend, cfg *Config, p *Proxy, present headerSet) {
 	out := &c.out
 	in := &ctx.Request.Header
 	in.CopyTo(&out.Header)
 	out.Header.ResetConnectionClose()
-	removeHopByHopRequest(&out.Header, in.Peek(headerConnection))
+	var connection []byte
+	if present&hasConnection != 0 {
+		connection = in.Peek(headerConnection)
+	}
+	removeHopByHopRequest(&out.Header, connection, present)
 	// The listener already answered any Expect: 100-continue.
-	out.Header.DelBytes(headerExpect)
+	if present&hasExpect != 0 {
+		out.Header.DelBytes(headerExpect)
+	}
 	c.scratch = appendForwardedFor(c.scratch[:0], ctx, p.settings.TrustedProxies)
-	setSingle(&out.Header, headerXForwardedFor, c.scratch)
+	setSingle(&out.Header, headerXForwardedFor, c.scratch, present&hasXForwardedFor != 0)
 	c.scratch = appendClientIP(c.scratch[:0], ctx)
-	setSingle(&out.Header, headerXRealIP, c.scratch)
-	setSingle(&out.Header, headerXForwardedProto, p.scheme)
-	setSingle(&out.Header, headerXForwardedHost, ctx.Host())
+	setSingle(&out.Header, headerXRealIP, c.scratch, present&hasXRealIP != 0)
+	setSingle(&out.Header, headerXForwardedProto, p.scheme, present&hasXForwardedProto != 0)
+	setSingle(&out.Header, headerXForwardedHost, ctx.Host(), present&hasXForwardedHost != 0)
 	if !cfg.PreserveHost {
 		out.Header.SetHostBytes(be.HostHeader)
 	}

@@ -41,27 +41,32 @@ var (
 	slashPath   = []byte("/")
 	schemeHTTP  = []byte("http://")
 	schemeHTTPS = []byte("https://")
-
-	nameContentLength    = []byte("Content-Length")
-	nameTransferEncoding = []byte("Transfer-Encoding")
 )
 
 // admit checks the request and returns the normalised path to route by,
-// which is also the path forwarded. When ok is false it has written the
+// which is also the path forwarded, and which of the headers forwarding
+// deletes or replaces the request has. When ok is false it has written the
 // refusal.
-func (p *Proxy) admit(ctx *fasthttp.RequestCtx) (path []byte, ok bool) {
+func (p *Proxy) admit(ctx *fasthttp.RequestCtx) (path []byte, present headerSet, ok bool) {
 	h := &ctx.Request.Header
 	if proto := h.Protocol(); !bytes.Equal(proto, http11) && !bytes.Equal(proto, http10) {
 		refuse(ctx, fasthttp.StatusHTTPVersionNotSupported, bodyBadVersion)
-		return nil, false
+		return nil, 0, false
 	}
-	if status := scanHeaders(h.RawHeaders(), p.settings.MaxRequestHeaders); status != 0 {
+	raw := h.RawHeaders()
+	status, present := scanHeaders(raw, p.settings.MaxRequestHeaders)
+	if status != 0 {
 		body := bodyBadRequest
 		if status == fasthttp.StatusRequestHeaderFieldsTooLarge {
 			body = bodyHeadersTooLarge
 		}
 		refuse(ctx, status, body)
-		return nil, false
+		return nil, 0, false
+	}
+	if len(raw) == 0 {
+		// A request that was not parsed from bytes (one built in code)
+		// has no raw block to tell: treat every header as present.
+		present = allHeaders
 	}
 	uri := ctx.URI()
 	if target := h.RequestURI(); len(target) == 0 || target[0] != '/' {
@@ -72,24 +77,24 @@ func (p *Proxy) admit(ctx *fasthttp.RequestCtx) (path []byte, ok bool) {
 		if !hasPrefixFold(target, schemeHTTP) && !hasPrefixFold(target, schemeHTTPS) ||
 			len(uri.Username()) > 0 || len(uri.Password()) > 0 || !validHost(uri.Host()) {
 			refuse(ctx, fasthttp.StatusBadRequest, bodyBadRequest)
-			return nil, false
+			return nil, 0, false
 		}
 		h.SetHostBytes(uri.Host())
 	} else if !validHost(h.Host()) {
 		refuse(ctx, fasthttp.StatusBadRequest, bodyBadRequest)
-		return nil, false
+		return nil, 0, false
 	}
 	// Route and forward the path normalised here, never fasthttp's own
 	// normalisation, which decodes %2F into a separator.
 	uri.DisablePathNormalizing = true
-	raw := uri.PathOriginal()
-	if len(raw) == 0 {
-		return slashPath, true
+	rawPath := uri.PathOriginal()
+	if len(rawPath) == 0 {
+		return slashPath, present, true
 	}
-	norm, changed, valid := normalizePath(raw)
+	norm, changed, valid := normalizePath(rawPath)
 	if !valid {
 		refuse(ctx, fasthttp.StatusBadRequest, bodyBadRequest)
-		return nil, false
+		return nil, 0, false
 	}
 	if changed {
 		// norm aliases the URI's own buffer; SetPathBytes copies it onto
@@ -97,7 +102,7 @@ func (p *Proxy) admit(ctx *fasthttp.RequestCtx) (path []byte, ok bool) {
 		uri.SetPathBytes(norm)
 		norm = uri.PathOriginal()
 	}
-	return norm, true
+	return norm, present, true
 }
 
 func refuse(ctx *fasthttp.RequestCtx, status int, body []byte) {
@@ -109,13 +114,13 @@ func refuse(ctx *fasthttp.RequestCtx, status int, body []byte) {
 // continuation line (RFC 9112 §5.2), header names that are tokens, not both
 // Content-Length and Transfer-Encoding (§6.1: the classic smuggling
 // ambiguity, which fasthttp resolves silently in favour of chunked), and at
-// most max lines. It returns 0 or the status to refuse with.
-func scanHeaders(raw []byte, max int) int {
+// most max lines. It returns 0 or the status to refuse with, and which of
+// the headers forwarding deletes or replaces are there.
+func scanHeaders(raw []byte, max int) (status int, present headerSet) {
 	if max <= 0 {
 		max = DefaultMaxRequestHeaders
 	}
 	count := 0
-	var contentLength, transferEncoding bool
 	for len(raw) > 0 {
 		var line []byte
 		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
@@ -130,32 +135,27 @@ func scanHeaders(raw []byte, max int) int {
 			continue
 		}
 		if line[0] == ' ' || line[0] == '\t' {
-			return fasthttp.StatusBadRequest
+			return fasthttp.StatusBadRequest, 0
 		}
 		colon := bytes.IndexByte(line, ':')
 		if colon <= 0 {
-			return fasthttp.StatusBadRequest
+			return fasthttp.StatusBadRequest, 0
 		}
 		name := line[:colon]
 		for _, c := range name {
 			if !isTokenChar(c) {
-				return fasthttp.StatusBadRequest
+				return fasthttp.StatusBadRequest, 0
 			}
 		}
 		if count++; count > max {
-			return fasthttp.StatusRequestHeaderFieldsTooLarge
+			return fasthttp.StatusRequestHeaderFieldsTooLarge, 0
 		}
-		switch {
-		case bytes.EqualFold(name, nameContentLength):
-			contentLength = true
-		case bytes.EqualFold(name, nameTransferEncoding):
-			transferEncoding = true
-		}
+		present |= classifyHeader(name)
 	}
-	if contentLength && transferEncoding {
-		return fasthttp.StatusBadRequest
+	if present&hasContentLength != 0 && present&hasTransferEncoding != 0 {
+		return fasthttp.StatusBadRequest, 0
 	}
-	return 0
+	return 0, present
 }
 
 func isTokenChar(c byte) bool { return tokenChars[c] }

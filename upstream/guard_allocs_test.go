@@ -28,7 +28,7 @@ func TestAdmitAllocs(t *testing.T) {
 		if err := ctx.Request.Read(br); err != nil {
 			t.Fatal(err)
 		}
-		path, ok := p.admit(&ctx)
+		path, _, ok := p.admit(&ctx)
 		if !ok || string(path) != "/x/y%3F" {
 			t.Fatalf("admit: %q %v", path, ok)
 		}

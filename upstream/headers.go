@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"bytes"
+	"math/bits"
 	"net/netip"
 
 	"github.com/valyala/fasthttp"
@@ -24,21 +25,107 @@ var (
 // allowed WebSocket tunnel, which does not go through these helpers.
 var hopByHop = [...]string{"Connection", "Keep-Alive", "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding", "Upgrade"}
 
+// headerSet records which of the headers the forwarding rules remove or
+// replace a request has (bit i of the first seven: hopByHop[i]), as the
+// admission scan of the raw header block found them, so that building the
+// backend request deletes only what is there: most requests have none of
+// them, and each delete costs a name normalisation and a scan.
+type headerSet uint16
+
+const (
+	hasConnection headerSet = 1 << iota
+	hasKeepAlive
+	hasProxyConnection
+	hasTE
+	hasTrailer
+	hasTransferEncoding
+	hasUpgrade
+	hasExpect
+	hasXForwardedFor
+	hasXRealIP
+	hasXForwardedProto
+	hasXForwardedHost
+	hasContentLength
+
+	allHeaders headerSet = 1<<iota - 1
+)
+
+// classifyHeader returns the bit of a header name, 0 for other names.
+func classifyHeader(name []byte) headerSet {
+	var cands [2]headerSet
+	switch len(name) {
+	case 2:
+		cands[0] = hasTE
+	case 6:
+		cands[0] = hasExpect
+	case 7:
+		cands[0], cands[1] = hasTrailer, hasUpgrade
+	case 9:
+		cands[0] = hasXRealIP
+	case 10:
+		cands[0], cands[1] = hasConnection, hasKeepAlive
+	case 14:
+		cands[0] = hasContentLength
+	case 15:
+		cands[0] = hasXForwardedFor
+	case 16:
+		cands[0], cands[1] = hasProxyConnection, hasXForwardedHost
+	case 17:
+		cands[0], cands[1] = hasTransferEncoding, hasXForwardedProto
+	default:
+		return 0
+	}
+	for _, c := range cands {
+		if c != 0 && bytes.EqualFold(name, headerNames[bits.TrailingZeros16(uint16(c))]) {
+			return c
+		}
+	}
+	return 0
+}
+
+// headerNames are the names of the headerSet bits, in bit order.
+var headerNames = [...][]byte{
+	[]byte("Connection"), []byte("Keep-Alive"), []byte("Proxy-Connection"), []byte("TE"), []byte("Trailer"),
+	[]byte("Transfer-Encoding"), []byte("Upgrade"), []byte("Expect"), []byte("X-Forwarded-For"), []byte("X-Real-IP"),
+	[]byte("X-Forwarded-Proto"), []byte("X-Forwarded-Host"), []byte("Content-Length"),
+}
+
 // removeHopByHopRequest strips hop-by-hop headers, including those named
-// by the client's Connection header, from an outgoing request.
-func removeHopByHopRequest(h *fasthttp.RequestHeader, connection []byte) {
+// by the client's Connection header, from an outgoing request; present
+// says which of them the request has.
+func removeHopByHopRequest(h *fasthttp.RequestHeader, connection []byte, present headerSet) {
 	forEachToken(connection, func(name []byte) { h.DelBytes(name) })
-	for _, name := range hopByHop {
-		h.Del(name)
+	for i, name := range hopByHop {
+		if present&(1<<i) != 0 {
+			h.Del(name)
+		}
 	}
 }
 
-// removeHopByHop strips hop-by-hop headers from a relayed response.
+// removeHopByHop strips hop-by-hop headers from a relayed response. One
+// pass over the header names finds which are there, so that only those
+// are deleted (a delete normalises the name and scans every header).
 func removeHopByHop(h *fasthttp.ResponseHeader, connection []byte) {
 	forEachToken(connection, func(name []byte) { h.DelBytes(name) })
-	for _, name := range hopByHop {
-		h.Del(name)
+	present := allHeaders
+	if !hasTrailers(h) { // All would allocate the joined Trailer value
+		present = 0
+		for k := range h.All() {
+			present |= classifyHeader(k)
+		}
 	}
+	for i, name := range hopByHop {
+		if present&(1<<i) != 0 {
+			h.Del(name)
+		}
+	}
+}
+
+func hasTrailers(h *fasthttp.ResponseHeader) bool {
+	for range h.Trailers() {
+		return true
+	}
+	return false
 }
 
 // forEachToken calls fn for each comma-separated token of a header value
@@ -93,9 +180,12 @@ func appendForwardedFor(dst []byte, ctx *fasthttp.RequestCtx, trusted []netip.Pr
 
 // setSingle replaces every line of header key with one line holding value.
 // A plain Set rewrites only the first line, so a client sending a header
-// twice would get its second, forged line through to the backend.
-func setSingle(h *fasthttp.RequestHeader, key, value []byte) {
-	h.DelBytes(key)
+// twice would get its second, forged line through to the backend. present
+// is false when the request has no such line.
+func setSingle(h *fasthttp.RequestHeader, key, value []byte, present bool) {
+	if present {
+		h.DelBytes(key)
+	}
 	h.AddBytesKV(key, value)
 }
 

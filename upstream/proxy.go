@@ -71,7 +71,7 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 		start = time.Now()
 	}
 	now := start.UnixNano()
-	path, ok := p.admit(ctx)
+	path, present, ok := p.admit(ctx)
 	if !ok {
 		p.logGenerated(ctx, nil, start) // refused before routing (guard.go)
 		return
@@ -104,7 +104,7 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 			p.recordGenerated(ctx, m, start)
 			return
 		case outcomeMaintenance:
-			p.serveMaintenance(ctx, m, start)
+			p.serveMaintenance(ctx, m, start, present)
 			return
 		}
 		cfg := m.Config()
@@ -123,10 +123,10 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		if upgrade {
-			p.tunnel(ctx, m, cfg, c.trial, start)
+			p.tunnel(ctx, m, cfg, c.trial, start, present)
 			return
 		}
-		err := p.forward(ctx, m, cfg, c.trial, start)
+		err := p.forward(ctx, m, cfg, c.trial, start, present)
 		if err == nil {
 			return
 		}
@@ -182,7 +182,7 @@ func (p *Proxy) recordGenerated(ctx *fasthttp.RequestCtx, m *Member, start time.
 
 // serveMaintenance answers for a member in maintenance: its page URL,
 // proxied like a backend, or the built-in page (§6.4).
-func (p *Proxy) serveMaintenance(ctx *fasthttp.RequestCtx, m *Member, start time.Time) {
+func (p *Proxy) serveMaintenance(ctx *fasthttp.RequestCtx, m *Member, start time.Time, present headerSet) {
 	mt := m.maint.Load()
 	if mt == nil || mt.Page == nil || isWebSocketUpgrade(&ctx.Request.Header) {
 		writeBuiltinMaintenance(ctx)
@@ -190,7 +190,7 @@ func (p *Proxy) serveMaintenance(ctx *fasthttp.RequestCtx, m *Member, start time
 		return
 	}
 	cfg := &Config{Backend: mt.Page, Timeout: p.settings.MaintenancePageTimeout}
-	if err := p.forwardTo(ctx, m, cfg, false, start, true); err != nil {
+	if err := p.forwardTo(ctx, m, cfg, false, start, true, present); err != nil {
 		writeBuiltinMaintenance(ctx)
 		p.recordGenerated(ctx, m, start)
 	}

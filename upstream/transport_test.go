@@ -19,6 +19,7 @@ func TestWriteAwaitFullSocket(t *testing.T) {
 	defer ln.Close()
 	payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<19) // 8 MiB
 	got := make(chan []byte, 1)
+	start := make(chan struct{}) // the backend reads nothing before this
 	go func() {
 		c, err := ln.Accept()
 		if err != nil {
@@ -26,6 +27,7 @@ func TestWriteAwaitFullSocket(t *testing.T) {
 			return
 		}
 		defer c.Close()
+		<-start
 		b, _ := io.ReadAll(io.LimitReader(c, int64(len(payload))))
 		_, _ = c.Write([]byte("ok"))
 		got <- b
@@ -42,6 +44,7 @@ func TestWriteAwaitFullSocket(t *testing.T) {
 	}
 	_ = bc.setReadDeadline(time.Now().Add(30 * time.Second))
 	rest, err := bc.writeAwait(payload)
+	close(start)
 	if err != nil {
 		t.Fatal(err)
 	}

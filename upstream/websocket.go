@@ -23,7 +23,7 @@ var (
 // handshake goes to the backend with its upgrade headers, and after the
 // backend's 101 both connections are spliced until either side closes.
 // The route timeout bounds only the handshake.
-func (p *Proxy) tunnel(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, trial bool, start time.Time) {
+func (p *Proxy) tunnel(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, trial bool, start time.Time, present headerSet) {
 	be := cfg.Backend
 	timeout := cfg.Timeout
 	if timeout <= 0 {
@@ -41,7 +41,7 @@ func (p *Proxy) tunnel(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, trial b
 		c.member = nil
 		p.calls.Put(c)
 	}()
-	c.prepareRequest(ctx, be, cfg, p)
+	c.prepareRequest(ctx, be, cfg, p, present)
 	c.out.Header.SetBytesKV(headerUpgrade, valueWebSocket)
 	c.out.Header.SetBytesKV(headerConnBytes, valueUpgradeWord)
 	_ = backendConn.SetDeadline(time.Now().Add(timeout))
