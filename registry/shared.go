@@ -62,6 +62,10 @@ type storedSession struct {
 	state   []byte  // JSON of rec.State, to tell whether a write is needed
 	release func()  // stops keeping the lease alive
 	pending int     // writes in flight
+	// deferred is the newest change another replica made while a write
+	// of ours was in flight (deleted: its deletion); applied after it.
+	deferred *Record
+	deleted  int64
 }
 
 func newSharedState(st SharedStore) *sharedState {
@@ -120,12 +124,25 @@ func (r *Registry) closeShared() {
 		r.shared.cancel()
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	var ws []*sharedWrite
 	for _, s := range r.sessions {
 		if s.stored.release != nil {
 			s.stored.release()
 			s.stored.release = nil
+			// The connections are closed: say so, so that the other
+			// replicas treat the routes as standby during the grace.
+			ws = append(ws, r.sharedWritesLocked([]*session{s})...)
 		}
+	}
+	for _, w := range ws {
+		w.s.stored.pending++
+	}
+	r.mu.Unlock()
+	const perTxn = 64 // etcd allows 128 operations per transaction
+	for len(ws) > 0 {
+		n := min(len(ws), perTxn)
+		_ = r.commitShared(nil, ws[:n], false)
+		ws = ws[n:]
 	}
 }
 
@@ -143,7 +160,11 @@ func (h watchHandler) Deleted(id string, revision int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := r.sessions[id]
-	if s == nil || s.stored.pending > 0 || s.stored.rec != nil && s.stored.rec.Revision > revision {
+	if s == nil || s.stored.rec != nil && s.stored.rec.Revision > revision {
+		return
+	}
+	if s.stored.pending > 0 {
+		s.stored.deleted = revision
 		return
 	}
 	r.dropSessionLocked(s, "session record deleted from the shared store")
@@ -183,8 +204,16 @@ func (r *Registry) dropSessionLocked(s *session, why string) {
 func (r *Registry) syncRecordLocked(rec *Record, force bool) {
 	ss := &rec.State
 	s := r.sessions[ss.ID]
-	if s != nil && !force && (s.stored.pending > 0 || s.stored.rec != nil && rec.Revision <= s.stored.rec.Revision) {
-		return // our own write coming back, or older than what we have
+	if s != nil && !force {
+		if s.stored.rec != nil && rec.Revision <= s.stored.rec.Revision {
+			return // our own write coming back, or older than what we have
+		}
+		if s.stored.pending > 0 {
+			if s.stored.deferred == nil || rec.Revision > s.stored.deferred.Revision {
+				s.stored.deferred = rec
+			}
+			return
+		}
 	}
 	if r.cfg.Token != "" && ss.TokenFP != r.tokenFP {
 		return
@@ -459,11 +488,14 @@ func (r *Registry) commitShared(c *conn, writes []*sharedWrite, rollback bool) e
 	if err != nil {
 		if !rollback {
 			r.log.Warn("shared store write failed", "err", err)
-			return err
+		} else {
+			r.log.Warn("shared store write failed; command rolled back", "err", err)
+			for _, w := range writes {
+				r.rollbackLocked(c, w)
+			}
 		}
-		r.log.Warn("shared store write failed; command rolled back", "err", err)
 		for _, w := range writes {
-			r.rollbackLocked(c, w)
+			r.settleDeferredLocked(w.s)
 		}
 		return err
 	}
@@ -474,7 +506,31 @@ func (r *Registry) commitShared(c *conn, writes []*sharedWrite, rollback bool) e
 			r.holdLocked(w.s)
 		}
 	}
+	for _, w := range writes {
+		r.settleDeferredLocked(w.s)
+	}
 	return nil
+}
+
+// settleDeferredLocked applies what another replica changed while this
+// replica's write was in flight, once no write is.
+func (r *Registry) settleDeferredLocked(s *session) {
+	st := &s.stored
+	if st.pending > 0 || r.sessions[s.id] != s {
+		return
+	}
+	rec, deleted := st.deferred, st.deleted
+	st.deferred, st.deleted = nil, 0
+	cur := int64(0)
+	if st.rec != nil {
+		cur = st.rec.Revision
+	}
+	switch {
+	case deleted > cur && (rec == nil || deleted > rec.Revision):
+		r.dropSessionLocked(s, "session record deleted from the shared store")
+	case rec != nil && rec.Revision > cur:
+		r.syncRecordLocked(rec, false)
+	}
 }
 
 // holdLocked keeps the lease of a session connected here alive.

@@ -47,7 +47,7 @@ func notFound(addr, host string) func() bool {
 func TestScaleOutThreeReplicas(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	bin := buildBinary(t)
-	const grace = 2 * time.Second
+	const grace = 3 * time.Second
 	a := startReplicaProc(t, bin, "A", etcd.Endpoint, grace)
 	b := startReplicaProc(t, bin, "B", etcd.Endpoint, grace)
 	c := startReplicaProc(t, bin, "C", etcd.Endpoint, grace)
@@ -124,6 +124,9 @@ func TestScaleOutThreeReplicas(t *testing.T) {
 		}
 	}
 	t.Logf("etcd stopped and restarted under traffic: %d requests, %d failed", sent, failed)
+	if failed > 0 {
+		t.Logf("B's log:\n%s\nC's log:\n%s", b.out, c.out)
+	}
 	if sent == 0 {
 		t.Fatal("no traffic was sent")
 	}

@@ -33,6 +33,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/connectivity"
 
 	"github.com/go-proxy/go-proxy/registry"
@@ -93,6 +95,12 @@ func Open(cfg Config) (*Store, error) {
 		Username:             cfg.Username,
 		Password:             cfg.Password,
 		Logger:               zap.NewNop(),
+		// gRPC's default reconnect backoff grows to 2 minutes; a replica
+		// must find etcd again within a lease TTL of its return, so cap it.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: cfg.OpTimeout,
+		})},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd store: %w", err)
