@@ -209,6 +209,19 @@ func TestReplicasShareRoutes(t *testing.T) {
 	ca.read()
 	waitFor(t, 2*time.Second, "maintenance ended on C", serves(c.httpAddr, "app.test", "one"))
 
+	// A drain started on A runs on every replica, and so does its cancel.
+	if got := ca.say("DRAIN_START|" + sid + "|1s"); !strings.HasPrefix(got, "DRAIN_OK|") {
+		t.Fatal(got)
+	}
+	waitFor(t, 3*time.Second, "the drained session refused on C", func() bool {
+		code, _, err := get(c.httpAddr, "app.test")
+		return err == nil && code == 503
+	})
+	if got := ca.say("DRAIN_CANCEL"); got != "DRAIN_OK" {
+		t.Fatal(got)
+	}
+	waitFor(t, time.Second, "the drain cancelled on C", serves(c.httpAddr, "app.test", "one"))
+
 	// RECONNECT through B takes the session over; A's connection closes.
 	cb := dial(t, b.regAddr)
 	if got := cb.say("RECONNECT|" + sid); got != "OK" {
