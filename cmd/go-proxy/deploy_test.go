@@ -90,6 +90,28 @@ func interpolate(v string) string {
 	})
 }
 
+// composeConfig checks that every variable a compose service sets is one
+// `go-proxy serve` reads, and returns the configuration they make.
+func composeConfig(t *testing.T, p composeService) *config {
+	t.Helper()
+	envs := map[string]string{}
+	for k, v := range p.Environment {
+		envs[k] = interpolate(v)
+	}
+	var help strings.Builder
+	run([]string{"-h"}, env(nil), io.Discard, &help)
+	for k := range envs {
+		if !strings.Contains(help.String(), "env "+k+",") {
+			t.Errorf("compose sets %s, which go-proxy does not read", k)
+		}
+	}
+	cfg, err := parseConfig(nil, env(envs), io.Discard)
+	if err != nil {
+		t.Fatalf("the compose environment does not parse: %v", err)
+	}
+	return cfg
+}
+
 func TestComposeSwarm(t *testing.T) {
 	c := readCompose(t, "docker-compose.swarm.yml")
 	p, ok := c.Services["go-proxy"]
@@ -134,23 +156,7 @@ func TestComposeSwarm(t *testing.T) {
 		t.Errorf("sysctls: %v", p.Sysctls)
 	}
 
-	// Every variable must be one `go-proxy serve` knows, and the whole
-	// environment must parse.
-	envs := map[string]string{}
-	for k, v := range p.Environment {
-		envs[k] = interpolate(v)
-	}
-	var help strings.Builder
-	run([]string{"-h"}, env(nil), io.Discard, &help)
-	for k := range envs {
-		if !strings.Contains(help.String(), "env "+k+",") {
-			t.Errorf("compose sets %s, which go-proxy does not read", k)
-		}
-	}
-	cfg, err := parseConfig(nil, env(envs), io.Discard)
-	if err != nil {
-		t.Fatalf("the compose environment does not parse: %v", err)
-	}
+	cfg := composeConfig(t, p)
 	if cfg.RegistryAddr != ":81" || cfg.HTTPAddr != ":80" || cfg.HTTPSAddr != ":443" || !cfg.RedirectHTTPS || cfg.RegistryToken == "" {
 		t.Errorf("compose configuration: %+v", cfg)
 	}
@@ -354,21 +360,7 @@ func TestComposeSwarmHA(t *testing.T) {
 	if p.Deploy.Replicas != 3 || p.Deploy.UpdateConfig.Order != "start-first" {
 		t.Errorf("want 3 replicas updated start-first: %+v", p.Deploy)
 	}
-	envs := map[string]string{}
-	for k, v := range p.Environment {
-		envs[k] = interpolate(v)
-	}
-	var help strings.Builder
-	run([]string{"-h"}, env(nil), io.Discard, &help)
-	for k := range envs {
-		if !strings.Contains(help.String(), "env "+k+",") {
-			t.Errorf("compose sets %s, which go-proxy does not read", k)
-		}
-	}
-	cfg, err := parseConfig(nil, env(envs), io.Discard)
-	if err != nil {
-		t.Fatalf("the compose environment does not parse: %v", err)
-	}
+	cfg := composeConfig(t, p)
 	eps, err := cfg.storeEndpoints()
 	if err != nil || len(eps) != 3 || cfg.StateFile != "" {
 		t.Fatalf("replicas must share etcd and keep no state file: %v %v %q", eps, err, cfg.StateFile)
