@@ -238,23 +238,8 @@ func (c *backendConn) writeThenWait(fd uintptr) bool {
 		return true
 	}
 	c.waited = true
-	for c.wpos < len(c.wbuf) {
-		n, err := syscall.Write(int(fd), c.wbuf[c.wpos:])
-		if n > 0 {
-			c.wpos += n
-		}
-		switch {
-		case err == syscall.EINTR:
-			continue
-		case err != nil:
-			c.werr = err
-			return true
-		case n <= 0:
-			c.werr = syscall.EIO
-			return true
-		}
-	}
-	return false
+	c.wpos, c.werr = writeAll(fd, c.wbuf)
+	return c.werr != nil
 }
 
 func (c *backendConn) Write(p []byte) (int, error) {

@@ -31,6 +31,7 @@ type call struct {
 	scratch []byte
 
 	member   *Member
+	ctx      *fasthttp.RequestCtx // set while the response body streams
 	status   int
 	latency  time.Duration
 	at       int64 // when the response headers came, unix nanoseconds
@@ -110,6 +111,7 @@ func (p *Proxy) forwardTo(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, tria
 	c.at = now.UnixNano()
 
 	if !c.x.hasBody() {
+		markLastWrite(ctx, true)
 		c.finish()
 		return nil
 	}
@@ -119,6 +121,7 @@ func (p *Proxy) forwardTo(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, tria
 		stream, size = &c.compress, -1
 	}
 	c.stream = stream
+	c.ctx = ctx
 	ctx.Response.SetBodyStream(c, max(size, -1))
 	return nil
 }
@@ -199,6 +202,9 @@ func (c *call) Read(p []byte) (n int, err error) {
 
 // Close is called by fasthttp once the body is written or abandoned.
 func (c *call) Close() error {
+	if c.ctx != nil {
+		markLastWrite(c.ctx, true)
+	}
 	c.finish()
 	return nil
 }
@@ -226,7 +232,7 @@ func (c *call) release() {
 	c.resp.Reset()
 	c.out.Reset()
 	c.reqBody.reset(nil, 0)
-	c.member, c.stream, c.sent, c.failed, c.status = nil, nil, 0, false, 0
+	c.member, c.ctx, c.stream, c.sent, c.failed, c.status = nil, nil, nil, 0, false, 0
 	c.proxy.calls.Put(c)
 }
 
