@@ -81,9 +81,14 @@ func (c *clientConn) Write(p []byte) (int, error) {
 	_ = c.TCPConn.SetReadDeadline(time.Now().Add(awaitNextRequest))
 	c.wbuf, c.wpos, c.werr, c.waited = p, 0, nil, false
 	_ = c.raw.Read(c.await) // a timeout or a closed connection: the next read tells
-	n, werr := c.wpos, c.werr
+	n, werr, wrote := c.wpos, c.werr, c.waited
 	c.wbuf, c.werr = nil, nil
 	switch {
+	case !wrote:
+		// raw.Read failed before calling back (the short deadline passed
+		// while this goroutine waited to run, or the connection is
+		// closing): nothing is written yet.
+		return c.TCPConn.Write(p)
 	case werr == syscall.EAGAIN:
 		m, err := c.TCPConn.Write(p[n:])
 		return n + m, err

@@ -3,9 +3,12 @@ package upstream
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -79,3 +82,45 @@ func TestListenerKeepAlive(t *testing.T) {
 		t.Fatalf("byte %q after a closing response", n)
 	}
 }
+
+// TestListenerWriteAfterExpiredWait: when the short wait's deadline has
+// passed before the write gets to run, the write still happens, whole.
+func TestListenerWriteAfterExpiredWait(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wl := Listener(ln)
+	defer wl.Close()
+	client, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	sc, err := wl.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	cc := sc.(*clientConn)
+	// An expired read deadline makes raw.Read fail before its callback,
+	// as when the goroutine runs only after the short wait has passed.
+	_ = cc.TCPConn.SetReadDeadline(time.Unix(1, 0))
+	cc.await = func(uintptr) bool { t.Error("callback ran despite the expired deadline"); return true }
+	cc.raw = expiredRaw{cc.raw}
+	cc.last = true
+	if n, err := cc.Write([]byte("response")); n != 8 || err != nil {
+		t.Fatalf("write: %d, %v", n, err)
+	}
+	buf := make([]byte, 8)
+	_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(client, buf); err != nil || string(buf) != "response" {
+		t.Fatalf("client read %q, %v", buf, err)
+	}
+}
+
+// expiredRaw is a RawConn whose Read fails at once, as raw.Read does when
+// the read deadline has passed.
+type expiredRaw struct{ syscall.RawConn }
+
+func (expiredRaw) Read(func(uintptr) bool) error { return os.ErrDeadlineExceeded }
