@@ -111,7 +111,6 @@ func (p *Proxy) forwardTo(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, tria
 	c.at = now.UnixNano()
 
 	if !c.x.hasBody() {
-		markLastWrite(ctx, true)
 		c.finish()
 		return nil
 	}
@@ -202,9 +201,6 @@ func (c *call) Read(p []byte) (n int, err error) {
 
 // Close is called by fasthttp once the body is written or abandoned.
 func (c *call) Close() error {
-	if c.ctx != nil {
-		markLastWrite(c.ctx, true)
-	}
 	c.finish()
 	return nil
 }

@@ -71,7 +71,6 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 		start = time.Now()
 	}
 	now := start.UnixNano()
-	markLastWrite(ctx, false)
 	path, present, ok := p.admit(ctx)
 	if !ok {
 		p.logGenerated(ctx, nil, start) // refused before routing (guard.go)
