@@ -31,7 +31,6 @@ type call struct {
 	scratch []byte
 
 	member   *Member
-	ctx      *fasthttp.RequestCtx // set while the response body streams
 	status   int
 	latency  time.Duration
 	at       int64 // when the response headers came, unix nanoseconds
@@ -120,7 +119,6 @@ func (p *Proxy) forwardTo(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, tria
 		stream, size = &c.compress, -1
 	}
 	c.stream = stream
-	c.ctx = ctx
 	ctx.Response.SetBodyStream(c, max(size, -1))
 	return nil
 }
@@ -228,7 +226,7 @@ func (c *call) release() {
 	c.resp.Reset()
 	c.out.Reset()
 	c.reqBody.reset(nil, 0)
-	c.member, c.ctx, c.stream, c.sent, c.failed, c.status = nil, nil, nil, 0, false, 0
+	c.member, c.stream, c.sent, c.failed, c.status = nil, nil, 0, false, 0
 	c.proxy.calls.Put(c)
 }
 

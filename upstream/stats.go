@@ -38,15 +38,7 @@ const statusDecades = 50
 
 // count returns the counter of status (100-599), allocating its decade.
 func (t *statusTable) count(status int) *atomic.Uint64 {
-	i := status/10 - 10
-	d := t[i].Load()
-	if d == nil {
-		d = new(statusDecade)
-		if !t[i].CompareAndSwap(nil, d) {
-			d = t[i].Load()
-		}
-	}
-	return &d[status%10]
+	return &loadOrNew(&t[status/10-10])[status%10]
 }
 
 // load returns the count of status, 0 for a decade never used.
