@@ -140,10 +140,7 @@ func (r *Registry) detachLocked(c *conn, now time.Time, grace bool) {
 		r.touchLocked()
 		if r.shared != nil {
 			if r.shared.recording { // the command's own write records it
-				if s.stored.release != nil {
-					s.stored.release()
-					s.stored.release = nil
-				}
+				s.stored.stopHolding()
 			} else {
 				r.releaseLocked(s)
 			}

@@ -274,10 +274,7 @@ func (r *Registry) deleteSessionLocked(s *session) {
 	if r.shared != nil && r.shared.recording {
 		r.shared.deleted = append(r.shared.deleted, s)
 	}
-	if s.stored.release != nil {
-		s.stored.release()
-		s.stored.release = nil
-	}
+	s.stored.stopHolding()
 	if len(s.routes) > 0 {
 		r.table.Update(func(tx *router.Txn[*upstream.Member]) {
 			for _, rt := range s.routes {

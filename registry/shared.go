@@ -68,16 +68,16 @@ type storedSession struct {
 	deleted  int64
 }
 
-func newSharedState(st SharedStore) *sharedState {
-	return &sharedState{store: st, replica: st.Replica()}
+// stopHolding stops keeping the session's lease alive, if this replica was.
+func (st *storedSession) stopHolding() {
+	if st.release != nil {
+		st.release()
+		st.release = nil
+	}
 }
 
-// Replica names this replica when the store is shared, "" otherwise.
-func (r *Registry) Replica() string {
-	if r.shared == nil {
-		return ""
-	}
-	return r.shared.replica
+func newSharedState(st SharedStore) *sharedState {
+	return &sharedState{store: st, replica: st.Replica()}
 }
 
 // restoreShared loads every record and publishes their routes before any
@@ -124,19 +124,16 @@ func (r *Registry) closeShared() {
 		r.shared.cancel()
 	}
 	r.mu.Lock()
-	var ws []*sharedWrite
+	var held []*session
 	for _, s := range r.sessions {
 		if s.stored.release != nil {
-			s.stored.release()
-			s.stored.release = nil
-			// The connections are closed: say so, so that the other
-			// replicas treat the routes as standby during the grace.
-			ws = append(ws, r.sharedWritesLocked([]*session{s})...)
+			s.stored.stopHolding()
+			held = append(held, s)
 		}
 	}
-	for _, w := range ws {
-		w.s.stored.pending++
-	}
+	// The connections are closed: say so, so that the other replicas
+	// treat the routes as standby during the grace.
+	ws := r.sharedWritesLocked(held)
 	r.mu.Unlock()
 	const perTxn = 64 // etcd allows 128 operations per transaction
 	for len(ws) > 0 {
@@ -191,10 +188,6 @@ func (h watchHandler) Resync(recs []Record, revision int64) {
 // still bound here is closed, so its client reconnects and re-registers.
 func (r *Registry) dropSessionLocked(s *session, why string) {
 	r.log.Info(why, "sid", s.id, "service", s.service)
-	if s.stored.release != nil {
-		s.stored.release()
-		s.stored.release = nil
-	}
 	r.deleteSessionLocked(s)
 }
 
@@ -254,9 +247,8 @@ func (r *Registry) syncRecordLocked(rec *Record, force bool) {
 	}
 	if s.conn == nil {
 		s.staged = rec.Staged.changeSet()
-		if s.stored.release != nil && rec.Owner != r.shared.replica {
-			s.stored.release()
-			s.stored.release = nil
+		if rec.Owner != r.shared.replica {
+			s.stored.stopHolding()
 		}
 		s.live.SetConnected(rec.Connected)
 		if !rec.Connected && s.disconnectedAt.IsZero() {
@@ -395,11 +387,7 @@ func (r *Registry) prepareSharedLocked(c *conn, f []string, run func() reply) (r
 	if rep.async == nil && len(rep.lines) > 0 && strings.HasPrefix(rep.lines[0], "ERROR|") {
 		return rep, nil
 	}
-	writes := r.sharedWritesLocked(touched)
-	for _, w := range writes {
-		w.s.stored.pending++
-	}
-	return rep, writes
+	return rep, r.sharedWritesLocked(touched)
 }
 
 // finishShared commits the writes off the event loop, then produces the
@@ -426,7 +414,8 @@ func (r *Registry) finishShared(c *conn, rep reply, writes []*sharedWrite, faile
 	return out
 }
 
-// sharedWritesLocked builds the writes for the sessions a command touched.
+// sharedWritesLocked builds the writes for the sessions a command touched
+// and counts each as in flight until commitShared settles it.
 func (r *Registry) sharedWritesLocked(touched []*session) []*sharedWrite {
 	var out []*sharedWrite
 	seen := map[*session]bool{}
@@ -455,6 +444,9 @@ func (r *Registry) sharedWritesLocked(touched []*session) []*sharedWrite {
 		}
 		w.write = Write{ID: s.id, Put: rec, IfRevision: ifRev}
 		out = append(out, w)
+	}
+	for _, w := range out {
+		w.s.stored.pending++
 	}
 	return out
 }
@@ -546,14 +538,10 @@ func (r *Registry) releaseLocked(s *session) {
 	if s.stored.release == nil {
 		return
 	}
-	s.stored.release()
-	s.stored.release = nil
-	ws := r.sharedWritesLocked([]*session{s})
-	if len(ws) == 0 {
-		return
+	s.stored.stopHolding()
+	if ws := r.sharedWritesLocked([]*session{s}); len(ws) > 0 {
+		go func() { _ = r.commitShared(nil, ws, false) }()
 	}
-	s.stored.pending++
-	go func() { _ = r.commitShared(nil, ws, false) }()
 }
 
 func (r *Registry) rollbackLocked(c *conn, w *sharedWrite) {
@@ -568,13 +556,9 @@ func (r *Registry) rollbackLocked(c *conn, w *sharedWrite) {
 		}
 		return
 	}
-	if r.sessions[s.id] != s {
-		if cur := r.sessions[s.id]; cur != nil {
-			s = cur
-		} else {
-			r.sessions[s.id] = s
-			r.byIdentity[s.identity()] = s
-		}
+	if r.sessions[s.id] == nil { // the command deleted it: bring it back
+		r.sessions[s.id] = s
+		r.byIdentity[s.identity()] = s
 	}
 	r.syncRecordLocked(w.before, true)
 }
@@ -584,9 +568,6 @@ func (r *Registry) rollbackLocked(c *conn, w *sharedWrite) {
 func (r *Registry) rewriteShared(s *session) {
 	r.mu.Lock()
 	ws := r.sharedWritesLocked([]*session{s})
-	for _, w := range ws {
-		w.s.stored.pending++
-	}
 	r.mu.Unlock()
 	if len(ws) > 0 {
 		_ = r.commitShared(nil, ws, false)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"time"
@@ -155,34 +156,20 @@ func (st *StagedState) changeSet() *changeSet {
 	if st == nil {
 		return c
 	}
-	for id, v := range st.Added {
-		c.added[id] = v
-	}
-	for id, v := range st.Updates {
-		c.updates[id] = v
-	}
+	maps.Copy(c.added, st.Added)
+	maps.Copy(c.updates, st.Updates)
 	for _, id := range st.Removals {
 		c.removals[id] = true
 	}
 	for t, kv := range st.Headers {
-		for k, v := range kv {
-			c.headers.set(t, k, v)
-		}
+		c.headers[t] = maps.Clone(kv)
 	}
 	for t, kv := range st.Options {
-		for k, v := range kv {
-			c.options.set(t, k, v)
-		}
+		c.options[t] = maps.Clone(kv)
 	}
-	for id, v := range st.Health {
-		c.health[id] = v
-	}
-	for id, v := range st.Rates {
-		c.rates[id] = v
-	}
-	for id, v := range st.Breakers {
-		c.breakers[id] = v
-	}
+	maps.Copy(c.health, st.Health)
+	maps.Copy(c.rates, st.Rates)
+	maps.Copy(c.breakers, st.Breakers)
 	c.changed = st.Changed
 	return c
 }

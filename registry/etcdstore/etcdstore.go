@@ -156,10 +156,10 @@ func (s *Store) result(err error) error {
 		default:
 		}
 	}
-	if !s.down.Swap(true) {
+	if !s.down.Load() {
 		s.log.Warn("etcd store unavailable", "err", err)
 	}
-	s.startProbe()
+	s.markDown()
 	return fmt.Errorf("%w: %v", registry.ErrUnavailable, err)
 }
 
@@ -201,13 +201,13 @@ func (s *Store) Available() bool {
 	case connectivity.Ready, connectivity.Idle:
 		return true
 	}
-	s.startProbeIfDown()
+	s.markDown()
 	return false
 }
 
-// startProbeIfDown starts the probe for a connection seen failing, so
-// Available turns true again as soon as the cluster answers.
-func (s *Store) startProbeIfDown() {
+// markDown records the store as unreachable and starts the probe that
+// clears it, so Available turns true again as soon as the cluster answers.
+func (s *Store) markDown() {
 	s.down.Store(true)
 	s.startProbe()
 }
