@@ -25,17 +25,17 @@ func startReplicaProc(t *testing.T, bin, name, etcdEndpoint string, grace time.D
 	return r
 }
 
-func servesBody(t *testing.T, addr, host, body string) func() bool {
+func servesBody(addr, host, body string) func() bool {
 	return func() bool {
-		resp := tryHTTP(addr, host)
-		return resp.err == nil && resp.status == 200 && strings.HasPrefix(resp.body, body)
+		resp, err := tryHTTP(addr, host)
+		return err == nil && resp.status == 200 && strings.HasPrefix(resp.body, body)
 	}
 }
 
 func notFound(addr, host string) func() bool {
 	return func() bool {
-		resp := tryHTTP(addr, host)
-		return resp.err == nil && resp.status == 404
+		resp, err := tryHTTP(addr, host)
+		return err == nil && resp.status == 404
 	}
 }
 
@@ -58,14 +58,14 @@ func TestScaleOutThreeReplicas(t *testing.T) {
 	applied := time.Now()
 	var worst time.Duration
 	for _, r := range []*replicaProc{b, c} {
-		eventually(t, time.Second, "a route applied on A serves on "+r.name, servesBody(t, r.httpAddr, "app.test", "app"))
+		eventually(t, time.Second, "a route applied on A serves on "+r.name, servesBody(r.httpAddr, "app.test", "app"))
 		worst = max(worst, time.Since(applied))
 	}
 	t.Logf("propagation of an apply from A to B and C: %v (bound 1 s)", worst)
 
 	// A second session stays on A until A dies.
 	registerRoute(t, a.regAddr, "other", "other.test", other.URL)
-	eventually(t, time.Second, "other.test on C", servesBody(t, c.httpAddr, "other.test", "other"))
+	eventually(t, time.Second, "other.test on C", servesBody(c.httpAddr, "other.test", "other"))
 
 	// RECONNECT through B takes "app" over.
 	onB := dialRegistry(t, b.regAddr)
@@ -84,7 +84,7 @@ func TestScaleOutThreeReplicas(t *testing.T) {
 	}
 	killed := time.Now()
 	time.Sleep(grace / 2)
-	if !servesBody(t, c.httpAddr, "other.test", "other")() {
+	if !servesBody(c.httpAddr, "other.test", "other")() {
 		t.Fatal("A's sessions must keep serving during their grace period")
 	}
 	for _, r := range []*replicaProc{b, c} {
@@ -92,7 +92,7 @@ func TestScaleOutThreeReplicas(t *testing.T) {
 	}
 	t.Logf("A's session left B and C %v after A was killed (grace %v)", time.Since(killed), grace)
 	for _, r := range []*replicaProc{b, c} {
-		if !servesBody(t, r.httpAddr, "app.test", "app")() {
+		if !servesBody(r.httpAddr, "app.test", "app")() {
 			t.Fatalf("the session B took over must survive A's death (on %s)", r.name)
 		}
 	}
@@ -146,27 +146,22 @@ func TestScaleOutThreeReplicas(t *testing.T) {
 	if got := onC.say("CONFIG_APPLY"); got != "OK" {
 		t.Fatal(got)
 	}
-	eventually(t, 2*time.Second, "an apply after the outage reaches B", servesBody(t, b.httpAddr, "late.test", "other"))
+	eventually(t, 2*time.Second, "an apply after the outage reaches B", servesBody(b.httpAddr, "late.test", "other"))
 }
 
-type httpResult struct {
-	status int
-	body   string
-	err    error
-}
-
-// tryHTTP is one GET through addr with the given Host; errors are returned.
-func tryHTTP(addr, host string) httpResult {
+// tryHTTP is one GET through addr with the given Host, returning errors
+// where doHTTP fails the test (etcd outages and expiries are waited out).
+func tryHTTP(addr, host string) (response, error) {
 	req, err := http.NewRequest("GET", "http://"+addr+"/", nil)
 	if err != nil {
-		return httpResult{err: err}
+		return response{}, err
 	}
 	req.Host = host
 	resp, err := plainClient.Do(req)
 	if err != nil {
-		return httpResult{err: err}
+		return response{}, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	return httpResult{resp.StatusCode, string(b), err}
+	return response{resp.StatusCode, resp.Header, string(b)}, err
 }
