@@ -57,7 +57,9 @@ func (r *relay) accept() {
 		r.conns = append(r.conns, c, up)
 		r.logs = append(r.logs, log)
 		r.mu.Unlock()
-		go func() { _, _ = io.Copy(io.MultiWriter(up, log), c); _ = up.Close() }()
+		// The log comes first: once the proxy has seen a line (and the
+		// sidecar its reply), the test must see it too.
+		go func() { _, _ = io.Copy(io.MultiWriter(log, up), c); _ = up.Close() }()
 		go func() { _, _ = io.Copy(c, up); _ = c.Close() }()
 	}
 }
