@@ -7,7 +7,6 @@ package registry
 
 import (
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,7 +17,6 @@ import (
 
 // clientEvents collects the library's events per type.
 type clientEvents struct {
-	mu     sync.Mutex
 	byType map[registryclient.EventType]chan registryclient.Event
 }
 

@@ -37,7 +37,6 @@ type session struct {
 	maintAllAt   time.Time
 	maint        map[uint64]*maintEntry
 	maintLastURL string
-	maintLastAt  time.Time
 
 	drain *drainState
 	subs  map[string]bool

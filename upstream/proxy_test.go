@@ -741,7 +741,7 @@ func TestBreakerThroughProxy(t *testing.T) {
 	fail.Store(true)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if fail.Load() {
-			http.Error(w, "backend down", 503)
+			http.Error(w, "backend down", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = io.WriteString(w, "ok")

@@ -81,11 +81,6 @@ type config struct {
 	inherited map[string]net.Listener
 }
 
-type flagSpec struct {
-	name, env, usage string
-	bind             func(fs *flag.FlagSet, name, usage string)
-}
-
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*config, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("go-proxy serve", flag.ContinueOnError)

@@ -110,12 +110,11 @@ func (p *proc) term(t *testing.T) {
 
 // result is one request of the load.
 type result struct {
-	id       int64
-	start    time.Time
-	latency  time.Duration
-	status   int
-	err      error
-	received time.Time // when the backend got it; zero if it never did
+	id      int64
+	start   time.Time
+	latency time.Duration
+	status  int
+	err     error
 }
 
 // loadGen sends GETs with Host app.test from workers until stopped: half
