@@ -57,3 +57,21 @@ func TestProxyHandleAllocs(t *testing.T) {
 		t.Errorf("a forwarded GET allocates %.0f objects per request; want 0", n)
 	}
 }
+
+// TestSockConnAllocs: a sockConn's Read and Write allocate nothing.
+func TestSockConnAllocs(t *testing.T) {
+	server, client := sockPair(t)
+	go func() { _, _ = io.Copy(client, client) }() // the peer echoes
+	buf := make([]byte, 64)
+	allocs := testing.AllocsPerRun(200, func() {
+		if _, err := server.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(server, buf); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%.1f allocations per exchange, want 0", allocs)
+	}
+}

@@ -166,6 +166,7 @@ func (d *dialer) dial(addr string) (net.Conn, error) {
 	if tcp, ok := raw.(*net.TCPConn); ok {
 		_ = tcp.SetKeepAlive(true)
 		_ = tcp.SetKeepAlivePeriod(30 * time.Second)
+		raw = newSockConn(tcp)
 	}
 	var conn net.Conn = raw
 	if d.tls != nil {
@@ -179,11 +180,9 @@ func (d *dialer) dial(addr string) (net.Conn, error) {
 		conn = tc
 	}
 	bc := &backendConn{Conn: conn, idle: d.bodyIdle}
-	if tcp, ok := conn.(*net.TCPConn); ok {
-		if rc, err := tcp.SyscallConn(); err == nil {
-			bc.raw = rc
-			bc.await = bc.writeThenWait
-		}
+	if rc, ok := conn.(*sockConn); ok {
+		bc.raw = rc.raw
+		bc.await = bc.writeThenWait
 	}
 	return bc, nil
 }

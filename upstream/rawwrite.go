@@ -7,15 +7,15 @@ import "syscall"
 func writeAll(fd uintptr, p []byte) (int, error) {
 	n := 0
 	for n < len(p) {
-		m, err := syscall.Write(int(fd), p[n:])
+		m, errno := sysWrite(fd, p[n:])
 		if m > 0 {
 			n += m
 		}
 		switch {
-		case err == syscall.EINTR:
+		case errno == syscall.EINTR:
 			continue
-		case err != nil:
-			return n, err
+		case errno != 0:
+			return n, errno
 		case m <= 0:
 			return n, syscall.EIO
 		}

@@ -196,7 +196,7 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, ready chan<- list
 	srv := upstream.NewServer(handler, serverSettings)
 	srv.Logger = connLogger{log}
 	servers = append(servers, srv)
-	go func() { serveErr <- srv.Serve(httpLn) }()
+	go func() { serveErr <- srv.Serve(upstream.Listener(httpLn)) }()
 
 	if httpsLn != nil {
 		// A second proxy on the same table: X-Forwarded-Proto is https.
@@ -205,7 +205,7 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, ready chan<- list
 		tlsSrv := upstream.NewServer(upstream.NewProxy(table, tlsSettings).Handle, serverSettings)
 		tlsSrv.Logger = connLogger{log}
 		servers = append(servers, tlsSrv)
-		go func() { serveErr <- tlsSrv.Serve(tls.NewListener(httpsLn, certs.tlsConfig())) }()
+		go func() { serveErr <- tlsSrv.Serve(tls.NewListener(upstream.Listener(httpsLn), certs.tlsConfig())) }()
 	}
 
 	if err := reg.Start(); err != nil {
