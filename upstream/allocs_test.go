@@ -58,12 +58,15 @@ func TestProxyHandleAllocs(t *testing.T) {
 	}
 }
 
-// TestSockConnAllocs: a sockConn's Read and Write allocate nothing.
+// TestSockConnAllocs: a sockConn's deadlines, Read and Write allocate
+// nothing.
 func TestSockConnAllocs(t *testing.T) {
 	server, client := sockPair(t)
 	go func() { _, _ = io.Copy(client, client) }() // the peer echoes
 	buf := make([]byte, 64)
 	allocs := testing.AllocsPerRun(200, func() {
+		_ = server.SetReadDeadline(time.Now().Add(time.Minute))
+		_ = server.SetWriteDeadline(time.Now().Add(time.Minute))
 		if _, err := server.Write(buf); err != nil {
 			t.Fatal(err)
 		}

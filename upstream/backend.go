@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"strings"
 	"syscall"
 	"time"
@@ -180,10 +179,7 @@ func (d *dialer) dial(addr string) (net.Conn, error) {
 		conn = tc
 	}
 	bc := &backendConn{Conn: conn, idle: d.bodyIdle}
-	if rc, ok := conn.(*sockConn); ok {
-		bc.raw = rc.raw
-		bc.await = bc.writeThenWait
-	}
+	bc.sock, _ = conn.(*sockConn)
 	return bc, nil
 }
 
@@ -199,46 +195,15 @@ type backendConn struct {
 	bodyPhase bool
 	exchanges int
 
-	// raw is the plain TCP connection's file descriptor access (nil for
-	// TLS); await is writeThenWait bound once, so that passing it to
-	// raw.Read allocates nothing. wbuf, wpos and werr are its state.
-	raw    syscall.RawConn
-	await  func(fd uintptr) bool
-	wbuf   []byte
-	wpos   int
-	werr   error
-	waited bool
+	// sock is the plain TCP connection beneath (nil for TLS), for
+	// writeAwait.
+	sock *sockConn
 }
 
-// writeAwait writes p and waits until the connection is readable or its
-// read deadline passes. The write is done inside raw.Read, after the
-// poller's readiness flag has been reset, so an answer that arrives
-// between the write and the wait still wakes the wait. It returns what
-// could not be written without blocking, for the caller to send the
-// ordinary way (and then read the ordinary way).
+// writeAwait sends a request held in memory and waits for the answer
+// (sockConn.writeAwait); the connection must have a sock.
 func (c *backendConn) writeAwait(p []byte) (rest []byte, err error) {
-	c.wbuf, c.wpos, c.werr, c.waited = p, 0, nil, false
-	err = c.raw.Read(c.await)
-	rest, werr := c.wbuf[c.wpos:], c.werr
-	c.wbuf, c.werr = nil, nil
-	switch {
-	case werr == syscall.EAGAIN:
-		return rest, nil
-	case werr != nil:
-		return nil, &net.OpError{Op: "write", Net: "tcp", Addr: c.RemoteAddr(), Err: os.NewSyscallError("write", werr)}
-	}
-	return nil, err
-}
-
-// writeThenWait is the raw.Read callback: on its first call it writes,
-// and asks to wait for readability; on the next, readability has come.
-func (c *backendConn) writeThenWait(fd uintptr) bool {
-	if c.waited {
-		return true
-	}
-	c.waited = true
-	c.wpos, c.werr = writeAll(fd, c.wbuf)
-	return c.werr != nil
+	return c.sock.writeAwait(p)
 }
 
 func (c *backendConn) Write(p []byte) (int, error) {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // sockConn is a TCP connection whose reads and writes are non-blocking
@@ -24,7 +25,8 @@ import (
 //
 // Reads and writes keep net.Conn's semantics: a Write writes all of p or
 // fails, deadlines apply, errors are *net.OpError, a closed peer reads
-// io.EOF. Everything else (deadlines, Close, addresses) is the TCPConn's.
+// io.EOF. Deadlines are handed to the poller lazily (sockdeadline.go).
+// Everything else (Close, addresses, options) is the TCPConn's.
 type sockConn struct {
 	*net.TCPConn
 	raw syscall.RawConn
@@ -36,11 +38,18 @@ type sockConn struct {
 	rbuf    []byte
 	rn      int
 	rerr    error
+	rd      lazyDeadline
+	awaitFn func(fd uintptr) bool
+	awaited bool
 	writeMu sync.Mutex
 	writeFn func(fd uintptr) bool
 	wbuf    []byte
 	wn      int
 	werr    error
+	wd      lazyDeadline
+
+	// The TCPConn's deadline setters, bound once (sockdeadline.go).
+	applyRead, applyWrite func(time.Time) error
 }
 
 // maxIO bounds one system call, as internal/poll does.
@@ -54,8 +63,22 @@ func newSockConn(c *net.TCPConn) net.Conn {
 	}
 	rc := &sockConn{TCPConn: c, raw: raw}
 	rc.readFn = rc.readOnce
+	rc.awaitFn = rc.writeThenWait
 	rc.writeFn = rc.writeSome
+	rc.applyRead = c.SetReadDeadline
+	rc.applyWrite = c.SetWriteDeadline
 	return rc
+}
+
+func (c *sockConn) SetReadDeadline(t time.Time) error { return c.rd.set(t, c.applyRead) }
+
+func (c *sockConn) SetWriteDeadline(t time.Time) error { return c.wd.set(t, c.applyWrite) }
+
+func (c *sockConn) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.SetWriteDeadline(t)
 }
 
 func (c *sockConn) Read(p []byte) (int, error) {
@@ -66,10 +89,15 @@ func (c *sockConn) Read(p []byte) (int, error) {
 		p = p[:maxIO]
 	}
 	c.readMu.Lock()
+	c.rd.active.Store(true)
 	c.rbuf, c.rn, c.rerr = p, 0, nil
 	err := c.raw.Read(c.readFn)
+	for err != nil && c.rd.retry(err, c.applyRead) {
+		err = c.raw.Read(c.readFn)
+	}
 	n, rerr := c.rn, c.rerr
 	c.rbuf, c.rerr = nil, nil
+	c.rd.active.Store(false)
 	c.readMu.Unlock()
 	if err == nil {
 		err = rerr
@@ -94,6 +122,7 @@ func (c *sockConn) readOnce(fd uintptr) bool {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
+			c.rd.beforeWait(c.applyRead)
 			return false
 		default:
 			c.rerr = os.NewSyscallError("read", errno)
@@ -102,15 +131,73 @@ func (c *sockConn) readOnce(fd uintptr) bool {
 	}
 }
 
+// writeAwait writes p and waits until the connection is readable or its
+// read deadline passes, for a request whose answer comes next. The write
+// is made inside the raw read, after the poller's readiness flag has been
+// reset, so an answer that arrives between the write and the wait still
+// wakes the wait, and the read that follows finds it instead of failing
+// first with EAGAIN. It returns what could not be written without
+// blocking, for the caller to send with Write (and then read).
+func (c *sockConn) writeAwait(p []byte) (rest []byte, err error) {
+	if len(p) == 0 {
+		return nil, nil
+	}
+	c.readMu.Lock()
+	c.writeMu.Lock()
+	c.rd.active.Store(true)
+	c.wbuf, c.wn, c.werr, c.awaited = p, 0, nil, false
+	err = c.raw.Read(c.awaitFn)
+	// A timeout of the poller's deadline while the wanted one is ahead:
+	// the retry writes if that has not happened, or returns at once, and
+	// the caller's read waits.
+	for err != nil && c.werr == nil && c.rd.retry(err, c.applyRead) {
+		err = c.raw.Read(c.awaitFn)
+	}
+	rest, werr := c.wbuf[c.wn:], c.werr
+	c.wbuf, c.werr = nil, nil
+	c.rd.active.Store(false)
+	c.writeMu.Unlock()
+	c.readMu.Unlock()
+	switch {
+	case werr == syscall.EAGAIN:
+		return rest, nil
+	case werr != nil:
+		return nil, c.opError("write", os.NewSyscallError("write", werr))
+	case err != nil:
+		return nil, c.opError("read", err)
+	}
+	return nil, nil
+}
+
+// writeThenWait is writeAwait's raw read callback: on its first call it
+// writes and asks to wait; on the next, readability has come.
+func (c *sockConn) writeThenWait(fd uintptr) bool {
+	if c.awaited {
+		return true
+	}
+	c.awaited = true
+	c.wn, c.werr = writeAll(fd, c.wbuf)
+	if c.werr != nil {
+		return true
+	}
+	c.rd.beforeWait(c.applyRead)
+	return false
+}
+
 func (c *sockConn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
 	c.writeMu.Lock()
+	c.wd.active.Store(true)
 	c.wbuf, c.wn, c.werr = p, 0, nil
 	err := c.raw.Write(c.writeFn)
+	for err != nil && c.wd.retry(err, c.applyWrite) {
+		err = c.raw.Write(c.writeFn)
+	}
 	n, werr := c.wn, c.werr
 	c.wbuf, c.werr = nil, nil
+	c.wd.active.Store(false)
 	c.writeMu.Unlock()
 	if err == nil {
 		err = werr
@@ -134,6 +221,7 @@ func (c *sockConn) writeSome(fd uintptr) bool {
 		case errno == syscall.EINTR:
 			continue
 		case errno == syscall.EAGAIN:
+			c.wd.beforeWait(c.applyWrite)
 			return false
 		case errno != 0:
 			c.werr = os.NewSyscallError("write", errno)

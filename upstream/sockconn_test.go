@@ -161,7 +161,9 @@ func TestSockConnCloseWakesRead(t *testing.T) {
 }
 
 // BenchmarkSockConnPingPong is a 64-byte exchange over loopback through a
-// plain TCPConn and through a sockConn on the answering side.
+// plain TCPConn and through a sockConn on the answering side, which sets
+// the three deadlines fasthttp's server sets per request (idle, header,
+// write).
 func BenchmarkSockConnPingPong(b *testing.B) {
 	for _, wrap := range []bool{false, true} {
 		name := "tcpconn"
@@ -186,9 +188,12 @@ func BenchmarkSockConnPingPong(b *testing.B) {
 				defer c.Close()
 				buf := make([]byte, 64)
 				for {
+					_ = c.SetReadDeadline(time.Now().Add(time.Minute))
 					if _, err := io.ReadFull(c, buf); err != nil {
 						return
 					}
+					_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+					_ = c.SetWriteDeadline(time.Now().Add(10 * time.Minute))
 					if _, err := c.Write(buf); err != nil {
 						return
 					}
@@ -211,5 +216,123 @@ func BenchmarkSockConnPingPong(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// readAsync starts a Read of up to 16 bytes and returns its outcome.
+func readAsync(c net.Conn) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Read(make([]byte, 16))
+		done <- err
+	}()
+	return done
+}
+
+// TestSockConnDeadlineMovedLater: a deadline moved later while a read
+// waits is the one that counts (the poller's earlier one only wakes the
+// read, which goes on waiting), and a deadline that has passed times the
+// read out.
+func TestSockConnDeadlineMovedLater(t *testing.T) {
+	server, client := sockPair(t)
+	_ = server.SetReadDeadline(time.Now().Add(80 * time.Millisecond))
+	done := readAsync(server)
+	time.Sleep(20 * time.Millisecond)
+	_ = server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	time.Sleep(200 * time.Millisecond) // well past the first deadline
+	if _, err := client.Write([]byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("read with its deadline moved later: %v", err)
+	}
+
+	start := time.Now()
+	_ = server.SetReadDeadline(start.Add(50 * time.Millisecond))
+	err := <-readAsync(server)
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read past its deadline: %v", err)
+	}
+	if el := time.Since(start); el < 50*time.Millisecond || el > 2*time.Second {
+		t.Fatalf("timed out after %v, want about 50ms", el)
+	}
+}
+
+// TestSockConnDeadlineMovedEarlier: a deadline set earlier while a read
+// waits (with none, or a later one) ends the read at the new time; one in
+// the past ends it at once.
+func TestSockConnDeadlineMovedEarlier(t *testing.T) {
+	server, _ := sockPair(t)
+	for _, first := range []time.Duration{0, time.Hour} {
+		if first > 0 {
+			_ = server.SetReadDeadline(time.Now().Add(first))
+		} else {
+			_ = server.SetReadDeadline(time.Time{})
+		}
+		done := readAsync(server)
+		time.Sleep(20 * time.Millisecond)
+		start := time.Now()
+		_ = server.SetReadDeadline(start.Add(50 * time.Millisecond))
+		select {
+		case err := <-done:
+			if !errors.Is(err, os.ErrDeadlineExceeded) || time.Since(start) < 40*time.Millisecond {
+				t.Fatalf("first deadline %v: read ended after %v with %v", first, time.Since(start), err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("first deadline %v: a deadline set earlier did not end the waiting read", first)
+		}
+	}
+	done := readAsync(server)
+	time.Sleep(20 * time.Millisecond)
+	_ = server.SetReadDeadline(time.Unix(1, 0))
+	select {
+	case err := <-done:
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("read ended with %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a past deadline did not wake the waiting read")
+	}
+}
+
+// TestSockConnExpiredDeadlineThenLater: after a timeout, a later deadline
+// (not yet handed to the poller) lets the next read and write proceed.
+func TestSockConnExpiredDeadlineThenLater(t *testing.T) {
+	server, client := sockPair(t)
+	_ = server.SetDeadline(time.Now().Add(20 * time.Millisecond))
+	if err := <-readAsync(server); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read: %v", err)
+	}
+	if _, err := server.Write(make([]byte, 64<<20)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("write to a peer that reads nothing: %v", err)
+	}
+	go func() { _, _ = io.Copy(io.Discard, client) }()
+	_ = server.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := server.Write([]byte("after")); err != nil {
+		t.Fatalf("write after a later deadline: %v", err)
+	}
+	_, _ = client.Write([]byte("x"))
+	if err := <-readAsync(server); err != nil {
+		t.Fatalf("read after a later deadline: %v", err)
+	}
+}
+
+// TestSockConnWriteDeadlineMovedLater: a write that waits for a slow peer
+// keeps going when its deadline is moved later.
+func TestSockConnWriteDeadlineMovedLater(t *testing.T) {
+	server, client := sockPair(t)
+	payload := make([]byte, 32<<20)
+	_ = server.SetWriteDeadline(time.Now().Add(80 * time.Millisecond))
+	done := make(chan error, 1)
+	go func() {
+		_, err := server.Write(payload)
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	_ = server.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	time.Sleep(200 * time.Millisecond)
+	n, _ := io.Copy(io.Discard, io.LimitReader(client, int64(len(payload))))
+	if err := <-done; err != nil || n != int64(len(payload)) {
+		t.Fatalf("write with its deadline moved later: %v after %d bytes", err, n)
 	}
 }

@@ -82,7 +82,7 @@ func (x *exchange) send(req *fasthttp.Request, timeout time.Duration) (reused bo
 	reused = bc.exchanges > 0
 	bc.exchanges++
 	bc.idle = x.bodyIdle
-	if bc.raw != nil && !req.IsBodyStream() {
+	if bc.sock != nil && !req.IsBodyStream() {
 		return reused, x.sendAwait(bc, req, timeout)
 	}
 	bw := x.hc.AcquireWriter(bc)

@@ -2,8 +2,10 @@ package upstream
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net"
+	"os"
 	"testing"
 	"time"
 )
@@ -39,7 +41,7 @@ func TestWriteAwaitFullSocket(t *testing.T) {
 	}
 	defer conn.Close()
 	bc := conn.(*backendConn)
-	if bc.raw == nil {
+	if bc.sock == nil {
 		t.Fatal("plain TCP backend connection without raw access")
 	}
 	_ = bc.setReadDeadline(time.Now().Add(30 * time.Second))
@@ -105,5 +107,52 @@ func TestWriteAwaitReplyBeforeWait(t *testing.T) {
 		if _, err := io.ReadFull(bc, b); err != nil || string(b) != "ping" {
 			t.Fatalf("round %d: %q, %v", i, b, err)
 		}
+	}
+}
+
+// TestWriteAwaitAfterExpiredDeadline: a pooled connection whose last
+// header deadline passed while it was idle still sends the next request
+// once a new deadline is set.
+func TestWriteAwaitAfterExpiredDeadline(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 4)
+		for {
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return
+			}
+			if string(buf) == "ping" {
+				_, _ = c.Write([]byte("pong"))
+			}
+		}
+	}()
+	d := &dialer{timeout: 5 * time.Second}
+	conn, err := d.dial(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	bc := conn.(*backendConn)
+	_ = bc.setReadDeadline(time.Now().Add(30 * time.Millisecond))
+	if _, err := bc.writeAwait([]byte("mute")); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("unanswered request: %v, want a timeout", err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	_ = bc.setReadDeadline(time.Now().Add(5 * time.Second))
+	if rest, err := bc.writeAwait([]byte("ping")); err != nil || len(rest) > 0 {
+		t.Fatalf("writeAwait after an expired deadline: %q, %v", rest, err)
+	}
+	reply := make([]byte, 4)
+	if _, err := io.ReadFull(bc, reply); err != nil || string(reply) != "pong" {
+		t.Fatalf("reply %q, %v", reply, err)
 	}
 }
