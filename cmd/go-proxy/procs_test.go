@@ -1,0 +1,40 @@
+package main
+
+import (
+	"io"
+	"runtime"
+	"testing"
+)
+
+// TestExtraProcs: one processor beyond Go's default unless told
+// otherwise, and the GOMAXPROCS variable wins.
+func TestExtraProcs(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	base := runtime.GOMAXPROCS(0)
+	env := map[string]string{}
+	getenv := func(k string) string { return env[k] }
+
+	c, err := parseConfig(nil, getenv, io.Discard)
+	if err != nil || c.ExtraProcs != 1 {
+		t.Fatalf("default extra-procs = %d, %v; want 1", c.ExtraProcs, err)
+	}
+	if got := extraProcs(c.ExtraProcs, getenv); got != base+1 {
+		t.Fatalf("GOMAXPROCS %d, want %d", got, base+1)
+	}
+	runtime.GOMAXPROCS(base)
+
+	env["GOMAXPROCS"] = "1"
+	if got := extraProcs(1, getenv); got != base {
+		t.Fatalf("with GOMAXPROCS set: %d, want it left at %d", got, base)
+	}
+	delete(env, "GOMAXPROCS")
+
+	env["PROXY_EXTRA_PROCS"] = "0"
+	if c, err := parseConfig(nil, getenv, io.Discard); err != nil || extraProcs(c.ExtraProcs, getenv) != base {
+		t.Fatalf("extra-procs 0: %v, GOMAXPROCS %d, want %d", err, runtime.GOMAXPROCS(0), base)
+	}
+	env["PROXY_EXTRA_PROCS"] = "-1"
+	if _, err := parseConfig(nil, getenv, io.Discard); err == nil {
+		t.Fatal("a negative extra-procs was accepted")
+	}
+}
