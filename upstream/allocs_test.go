@@ -78,3 +78,21 @@ func TestSockConnAllocs(t *testing.T) {
 		t.Fatalf("%.1f allocations per exchange, want 0", allocs)
 	}
 }
+
+// TestSockConnReadFromAllocs: a streamed body copied to the connection
+// (bufio.Writer hands it to ReadFrom) allocates nothing.
+func TestSockConnReadFromAllocs(t *testing.T) {
+	server, client := sockPair(t)
+	go func() { _, _ = io.Copy(io.Discard, client) }()
+	body := &io.LimitedReader{R: zeros{}}
+	rf := server.(io.ReaderFrom)
+	allocs := testing.AllocsPerRun(50, func() {
+		body.N = 64 << 10
+		if n, err := rf.ReadFrom(body); err != nil || n != 64<<10 {
+			t.Fatal(n, err)
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%.1f allocations per copied body, want 0", allocs)
+	}
+}

@@ -50,6 +50,10 @@ type sockConn struct {
 
 	// The TCPConn's deadline setters, bound once (sockdeadline.go).
 	applyRead, applyWrite func(time.Time) error
+	// This connection as a plain Writer and Reader, for ReadFrom and
+	// WriteTo (made once, so that a copy allocates nothing).
+	asWriter io.Writer
+	asReader io.Reader
 }
 
 // maxIO bounds one system call, as internal/poll does.
@@ -67,8 +71,37 @@ func newSockConn(c *net.TCPConn) net.Conn {
 	rc.writeFn = rc.writeSome
 	rc.applyRead = c.SetReadDeadline
 	rc.applyWrite = c.SetWriteDeadline
+	rc.asWriter = writerOnly{rc}
+	rc.asReader = readerOnly{rc}
 	return rc
 }
+
+// ReadFrom and WriteTo replace the TCPConn's, which would read and write
+// the socket around this type and so around its lazy deadlines (a
+// streamed response body reaches ReadFrom through bufio.Writer). They
+// copy through Write and Read with a pooled buffer; the TCPConn's splice
+// and sendfile never applied to the proxy's copies anyway.
+func (c *sockConn) ReadFrom(r io.Reader) (int64, error) {
+	bp := copyBuffers.Get().(*[]byte)
+	n, err := io.CopyBuffer(c.asWriter, r, *bp)
+	copyBuffers.Put(bp)
+	return n, err
+}
+
+func (c *sockConn) WriteTo(w io.Writer) (int64, error) {
+	bp := copyBuffers.Get().(*[]byte)
+	n, err := io.CopyBuffer(w, c.asReader, *bp)
+	copyBuffers.Put(bp)
+	return n, err
+}
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// writerOnly and readerOnly hide the ReadFrom and WriteTo of what they
+// wrap from io.CopyBuffer.
+type writerOnly struct{ io.Writer }
+
+type readerOnly struct{ io.Reader }
 
 func (c *sockConn) SetReadDeadline(t time.Time) error { return c.rd.set(t, c.applyRead) }
 

@@ -336,3 +336,53 @@ func TestSockConnWriteDeadlineMovedLater(t *testing.T) {
 		t.Fatalf("write with its deadline moved later: %v after %d bytes", err, n)
 	}
 }
+
+// TestSockConnCopiesKeepDeadlines: ReadFrom (which bufio.Writer uses for
+// a streamed body) and WriteTo go through the connection's own Write and
+// Read, so a deadline set on it holds.
+func TestSockConnCopiesKeepDeadlines(t *testing.T) {
+	server, client := sockPair(t)
+	_ = server.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+	done := make(chan error, 1)
+	go func() {
+		_, err := server.(io.ReaderFrom).ReadFrom(io.LimitReader(zeros{}, 256<<20)) // the peer reads nothing
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("ReadFrom past its deadline: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("ReadFrom ignored the write deadline")
+	}
+
+	_ = server.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	go func() {
+		_, err := server.(io.WriterTo).WriteTo(io.Discard) // the peer sends nothing
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("WriteTo past its deadline: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("WriteTo ignored the read deadline")
+	}
+
+	_ = server.SetDeadline(time.Time{})
+	payload := bytes.Repeat([]byte("copy"), 1<<18)
+	go func() { _, _ = client.Write(payload); _ = client.CloseWrite() }()
+	var got bytes.Buffer
+	if n, err := server.(io.WriterTo).WriteTo(&got); err != nil || n != int64(len(payload)) || !bytes.Equal(got.Bytes(), payload) {
+		t.Fatalf("WriteTo copied %d bytes, %v", n, err)
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
