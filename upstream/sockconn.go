@@ -48,7 +48,9 @@ type sockConn struct {
 	werr    error
 	wd      lazyDeadline
 
-	// The TCPConn's deadline setters, bound once (sockdeadline.go).
+	// The RawConn's operations and the TCPConn's deadline setters, bound
+	// once (sockdeadline.go).
+	rawRead, rawWrite     func(func(fd uintptr) bool) error
 	applyRead, applyWrite func(time.Time) error
 	// This connection as a plain Writer and Reader, for ReadFrom and
 	// WriteTo (made once, so that a copy allocates nothing).
@@ -69,6 +71,7 @@ func newSockConn(c *net.TCPConn) net.Conn {
 	rc.readFn = rc.readOnce
 	rc.awaitFn = rc.writeThenWait
 	rc.writeFn = rc.writeSome
+	rc.rawRead, rc.rawWrite = raw.Read, raw.Write
 	rc.applyRead = c.SetReadDeadline
 	rc.applyWrite = c.SetWriteDeadline
 	rc.asWriter = writerOnly{rc}
@@ -122,15 +125,10 @@ func (c *sockConn) Read(p []byte) (int, error) {
 		p = p[:maxIO]
 	}
 	c.readMu.Lock()
-	c.rd.active.Store(true)
 	c.rbuf, c.rn, c.rerr = p, 0, nil
-	err := c.raw.Read(c.readFn)
-	for err != nil && c.rd.retry(err, c.applyRead) {
-		err = c.raw.Read(c.readFn)
-	}
+	err := c.rd.run(c.rawRead, c.readFn, c.applyRead)
 	n, rerr := c.rn, c.rerr
 	c.rbuf, c.rerr = nil, nil
-	c.rd.active.Store(false)
 	c.readMu.Unlock()
 	if err == nil {
 		err = rerr
@@ -177,18 +175,13 @@ func (c *sockConn) writeAwait(p []byte) (rest []byte, err error) {
 	}
 	c.readMu.Lock()
 	c.writeMu.Lock()
-	c.rd.active.Store(true)
 	c.wbuf, c.wn, c.werr, c.awaited = p, 0, nil, false
-	err = c.raw.Read(c.awaitFn)
-	// A timeout of the poller's deadline while the wanted one is ahead:
-	// the retry writes if that has not happened, or returns at once, and
+	// After a timeout of the poller's deadline while the wanted one is
+	// ahead, the callback writes if it has not, or returns at once, and
 	// the caller's read waits.
-	for err != nil && c.werr == nil && c.rd.retry(err, c.applyRead) {
-		err = c.raw.Read(c.awaitFn)
-	}
+	err = c.rd.run(c.rawRead, c.awaitFn, c.applyRead)
 	rest, werr := c.wbuf[c.wn:], c.werr
 	c.wbuf, c.werr = nil, nil
-	c.rd.active.Store(false)
 	c.writeMu.Unlock()
 	c.readMu.Unlock()
 	switch {
@@ -222,15 +215,10 @@ func (c *sockConn) Write(p []byte) (int, error) {
 		return 0, nil
 	}
 	c.writeMu.Lock()
-	c.wd.active.Store(true)
 	c.wbuf, c.wn, c.werr = p, 0, nil
-	err := c.raw.Write(c.writeFn)
-	for err != nil && c.wd.retry(err, c.applyWrite) {
-		err = c.raw.Write(c.writeFn)
-	}
+	err := c.wd.run(c.rawWrite, c.writeFn, c.applyWrite)
 	n, werr := c.wn, c.werr
 	c.wbuf, c.werr = nil, nil
-	c.wd.active.Store(false)
 	c.writeMu.Unlock()
 	if err == nil {
 		err = werr

@@ -67,6 +67,21 @@ func (d *lazyDeadline) beforeWait(apply func(time.Time) error) {
 	}
 }
 
+// run performs a raw operation (RawConn.Read or Write with callback fn)
+// under this deadline: while it runs, a deadline moved earlier is applied
+// at once, and a poller's deadline that fires before the wanted one only
+// restarts it. A callback that has finished its work must return true
+// at once when it is called again.
+func (d *lazyDeadline) run(op func(func(fd uintptr) bool) error, fn func(fd uintptr) bool, apply func(time.Time) error) error {
+	d.active.Store(true)
+	err := op(fn)
+	for err != nil && d.retry(err, apply) {
+		err = op(fn)
+	}
+	d.active.Store(false)
+	return err
+}
+
 // retry reports, after err ended an operation, whether the operation
 // should go on: the poller's deadline fired, but the wanted one is later
 // (and is now the poller's).

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -68,17 +69,7 @@ func TestWriteAwaitFullSocket(t *testing.T) {
 // TestWriteAwaitReplyBeforeWait: an answer that is already there when the
 // wait starts does not get lost.
 func TestWriteAwaitReplyBeforeWait(t *testing.T) {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	bc := dialTestBackend(t, func(c net.Conn) { // echoes
 		buf := make([]byte, 64)
 		for {
 			n, err := c.Read(buf)
@@ -87,14 +78,7 @@ func TestWriteAwaitReplyBeforeWait(t *testing.T) {
 			}
 			_, _ = c.Write(buf[:n])
 		}
-	}()
-	d := &dialer{timeout: 5 * time.Second}
-	conn, err := d.dial(ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	bc := conn.(*backendConn)
+	})
 	for i := 0; i < 200; i++ {
 		_ = bc.setReadDeadline(time.Now().Add(30 * time.Second))
 		if rest, err := bc.writeAwait([]byte("ping")); err != nil || len(rest) > 0 {
@@ -114,17 +98,7 @@ func TestWriteAwaitReplyBeforeWait(t *testing.T) {
 // header deadline passed while it was idle still sends the next request
 // once a new deadline is set.
 func TestWriteAwaitAfterExpiredDeadline(t *testing.T) {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	bc := dialTestBackend(t, func(c net.Conn) { // answers "ping" only
 		buf := make([]byte, 4)
 		for {
 			if _, err := io.ReadFull(c, buf); err != nil {
@@ -134,14 +108,7 @@ func TestWriteAwaitAfterExpiredDeadline(t *testing.T) {
 				_, _ = c.Write([]byte("pong"))
 			}
 		}
-	}()
-	d := &dialer{timeout: 5 * time.Second}
-	conn, err := d.dial(ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	bc := conn.(*backendConn)
+	})
 	_ = bc.setReadDeadline(time.Now().Add(30 * time.Millisecond))
 	if _, err := bc.writeAwait([]byte("mute")); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("unanswered request: %v, want a timeout", err)
@@ -155,4 +122,17 @@ func TestWriteAwaitAfterExpiredDeadline(t *testing.T) {
 	if _, err := io.ReadFull(bc, reply); err != nil || string(reply) != "pong" {
 		t.Fatalf("reply %q, %v", reply, err)
 	}
+}
+
+// dialTestBackend starts a backend that serves each connection with
+// serve (faultBackend) and returns the dialer's connection to it.
+func dialTestBackend(t *testing.T, serve func(c net.Conn)) *backendConn {
+	t.Helper()
+	addr := strings.TrimPrefix(faultBackend(t, serve), "http://")
+	conn, err := (&dialer{timeout: 5 * time.Second}).dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn.(*backendConn)
 }
