@@ -83,7 +83,7 @@ bench-tool:
 	$(GO) build -o $(GPBENCH) ./bench/cmd/gpbench
 
 lint:
-	gofmt -l . | tee /dev/stderr | (! read)
+	@unformatted=$$(gofmt -l .); if [ -n "$$unformatted" ]; then echo "gofmt needed:" $$unformatted; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
