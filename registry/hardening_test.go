@@ -377,8 +377,25 @@ func hangingURL(t *testing.T) string {
 // TestFloodDoesNotStarveOthers: a connection that piles up ~900 KiB of
 // pipelined PINGs behind a slow BACKEND_TEST, then floods on, gets every
 // reply in order, while a connection on the same event loop keeps its
-// PING round trips short: input is executed in bounded turns.
+// PING round trips short: input is executed in bounded turns. A starved
+// peer waits for the whole backlog every time; a machine that stalls the
+// test process once (other test binaries share its two cores) can push a
+// single wait past the bound, so one failed measurement is repeated.
 func TestFloodDoesNotStarveOthers(t *testing.T) {
+	const bound = 750 * time.Millisecond
+	worst := floodPeerWorstWait(t)
+	if worst > bound {
+		t.Logf("the peer waited %v once; measuring again", worst)
+		worst = floodPeerWorstWait(t)
+	}
+	if worst > bound {
+		t.Fatalf("a connection on the flooder's loop waited %v for a PONG", worst)
+	}
+}
+
+// floodPeerWorstWait runs the flood once and returns the longest PING
+// round trip of the peer on the flooder's loop.
+func floodPeerWorstWait(t *testing.T) time.Duration {
 	e := startEnv(t, func(c *Config) {
 		c.MaxConnsPerIP = 100
 		c.BackendTestTimeout = time.Second
@@ -451,9 +468,7 @@ sample:
 	sort.Slice(rtts, func(i, j int) bool { return rtts[i] < rtts[j] })
 	p50, p99, worst := rtts[len(rtts)/2], rtts[len(rtts)*99/100], rtts[len(rtts)-1]
 	t.Logf("peer PING round trips during the flood: %d samples, p50 %v, p99 %v, max %v", len(rtts), p50, p99, worst)
-	if worst > 750*time.Millisecond {
-		t.Fatalf("a connection on the flooder's loop waited %v for a PONG", worst)
-	}
+	return worst
 }
 
 // TestInboundBufferBounded: while a reply is outstanding, a peer that
