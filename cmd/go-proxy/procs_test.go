@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-// TestExtraProcs: one processor beyond Go's default unless told
+// TestExtraProcs: six processors beyond Go's default unless told
 // otherwise, and the GOMAXPROCS variable wins.
 func TestExtraProcs(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
@@ -15,11 +15,11 @@ func TestExtraProcs(t *testing.T) {
 	getenv := func(k string) string { return env[k] }
 
 	c, err := parseConfig(nil, getenv, io.Discard)
-	if err != nil || c.ExtraProcs != 1 {
-		t.Fatalf("default extra-procs = %d, %v; want 1", c.ExtraProcs, err)
+	if err != nil || c.ExtraProcs != 6 {
+		t.Fatalf("default extra-procs = %d, %v; want 6", c.ExtraProcs, err)
 	}
-	if got := extraProcs(c.ExtraProcs, getenv); got != base+1 {
-		t.Fatalf("GOMAXPROCS %d, want %d", got, base+1)
+	if got := extraProcs(c.ExtraProcs, getenv); got != base+6 {
+		t.Fatalf("GOMAXPROCS %d, want %d", got, base+6)
 	}
 	runtime.GOMAXPROCS(base)
 
