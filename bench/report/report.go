@@ -85,6 +85,8 @@ type Scenario struct {
 	Summaries   []Summary      `json:"summaries"`
 	Runs        []Run          `json:"runs"`
 	Checks      []Check        `json:"checks,omitempty"`
+	// Versus sets each go-proxy row against each reference proxy's.
+	Versus []Versus `json:"versus,omitempty"`
 }
 
 // Report is a whole run of the suite.

@@ -97,6 +97,7 @@ rounds:
 		}
 	}
 	res.Summaries = report.Summarize(res.Runs, names, kinds)
+	res.Versus = report.Against(res.Runs, names, kinds)
 	res.Checks = Checks(s, res, targets)
 	return res, ctx.Err()
 }

@@ -352,6 +352,10 @@ func cmdSuite(mode string, args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(&table, "%s — %s, %d rounds of %v (warm-up %v), driver %s, %s CPUs\n\n",
 		name, rep.Started.Format(time.RFC3339), f.rounds, f.duration, f.warmup, f.driver, host["cpus"])
 	_ = report.WriteTable(&table, rep.Scenarios)
+	if report.AnyVersus(rep.Scenarios) {
+		table.WriteString("\ngo-proxy against the reference proxies (ratios are go-proxy over the reference, paired by round, ± half their range):\n\n")
+		_ = report.WriteVersus(&table, rep.Scenarios)
+	}
 	if compare {
 		table.WriteString("\n")
 		_ = report.WriteChanges(&table, rep.Changes)
