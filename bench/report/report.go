@@ -128,15 +128,7 @@ func ReadJSON(path string) (*Report, error) {
 // the runs of a scenario. Rounds where a run failed are left out of the
 // medians; ratios pair only rounds where both runs succeeded.
 func Summarize(runs []Run, targets []string, kinds map[string]string) []Summary {
-	byTarget := map[string]map[int]Run{}
-	rounds := 0
-	for _, r := range runs {
-		if byTarget[r.Target] == nil {
-			byTarget[r.Target] = map[int]Run{}
-		}
-		byTarget[r.Target][r.Round] = r
-		rounds = max(rounds, r.Round+1)
-	}
+	byTarget, rounds := byRound(runs)
 	series := func(t string, f func(Run) float64) []float64 {
 		var xs []float64
 		for i := 0; i < rounds; i++ {
@@ -206,6 +198,20 @@ func Summarize(runs []Run, targets []string, kinds map[string]string) []Summary 
 		out = append(out, s)
 	}
 	return out
+}
+
+// byRound indexes runs by target and round, failed ones included; rounds
+// is one past the highest round seen.
+func byRound(runs []Run) (byTarget map[string]map[int]Run, rounds int) {
+	byTarget = map[string]map[int]Run{}
+	for _, r := range runs {
+		if byTarget[r.Target] == nil {
+			byTarget[r.Target] = map[int]Run{}
+		}
+		byTarget[r.Target][r.Round] = r
+		rounds = max(rounds, r.Round+1)
+	}
+	return byTarget, rounds
 }
 
 // Find returns the summary of target, or nil.

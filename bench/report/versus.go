@@ -50,18 +50,7 @@ func Standing(r Ratio, higherIsBetter bool) string {
 // Against pairs every go-proxy row with every reference row, round by
 // round. Rounds where either run failed are left out.
 func Against(runs []Run, targets []string, kinds map[string]string) []Versus {
-	byTarget := map[string]map[int]Run{}
-	rounds := 0
-	for _, r := range runs {
-		if r.Failure != "" {
-			continue
-		}
-		if byTarget[r.Target] == nil {
-			byTarget[r.Target] = map[int]Run{}
-		}
-		byTarget[r.Target][r.Round] = r
-		rounds = max(rounds, r.Round+1)
-	}
+	byTarget, rounds := byRound(runs)
 	var out []Versus
 	for _, t := range targets {
 		if kinds[t] != "go-proxy" {
@@ -85,7 +74,7 @@ func pairRounds(t, ref string, a, b map[int]Run, rounds int) (Versus, bool) {
 	for i := 0; i < rounds; i++ {
 		ra, oka := a[i]
 		rb, okb := b[i]
-		if !oka || !okb {
+		if !oka || !okb || ra.Failure != "" || rb.Failure != "" {
 			continue
 		}
 		v.Rounds++
@@ -114,11 +103,6 @@ func pairRounds(t, ref string, a, b map[int]Run, rounds int) (Versus, bool) {
 		v.CPU = PairedRatio(cpuA, cpuB)
 	}
 	return v, true
-}
-
-// Beats reports whether the target is ahead on all three figures.
-func (v Versus) Beats() bool {
-	return Standing(v.RPS, true) == "ahead" && Standing(v.CPU, false) == "ahead" && Standing(v.P99, false) == "ahead"
 }
 
 // WriteVersus writes each scenario's go-proxy rows against the reference
