@@ -130,7 +130,7 @@ func relayResponseHeaders(h *fasthttp.ResponseHeader, resp *fasthttp.Response, c
 	resp.Header.CopyTo(h)
 	h.SetProtocol(protocolHTTP11) // the client speaks to us, not to the backend
 	h.ResetConnectionClose()
-	removeHopByHop(h, resp.Header.Peek(headerConnection))
+	removeHopByHop(h, resp.Header.PeekCanonical(headerConnection))
 	if maintenance {
 		h.SetBytesKV(headerMaintenanceMode, valueTrue)
 	} else {
@@ -150,17 +150,17 @@ func (c *call) prepareRequest(ctx *fasthttp.RequestCtx, be *Backend, cfg *Config
 	out.Header.ResetConnectionClose()
 	var connection []byte
 	if present&hasConnection != 0 {
-		connection = in.Peek(headerConnection)
+		connection = in.PeekCanonical(headerConnection)
 	}
 	removeHopByHopRequest(&out.Header, connection, present)
 	// The listener already answered any Expect: 100-continue.
 	if present&hasExpect != 0 {
 		out.Header.DelBytes(headerExpect)
 	}
-	c.scratch = appendForwardedFor(c.scratch[:0], ctx, p.settings.TrustedProxies)
-	setSingle(&out.Header, headerXForwardedFor, c.scratch, present&hasXForwardedFor != 0)
-	c.scratch = appendClientIP(c.scratch[:0], ctx)
-	setSingle(&out.Header, headerXRealIP, c.scratch, present&hasXRealIP != 0)
+	var realIP, forwardedFor []byte
+	c.scratch, realIP, forwardedFor = appendForwarding(c.scratch[:0], ctx, p.settings.TrustedProxies)
+	setSingle(&out.Header, headerXForwardedFor, forwardedFor, present&hasXForwardedFor != 0)
+	setSingle(&out.Header, headerXRealIP, realIP, present&hasXRealIP != 0)
 	setSingle(&out.Header, headerXForwardedProto, p.scheme, present&hasXForwardedProto != 0)
 	setSingle(&out.Header, headerXForwardedHost, ctx.Host(), present&hasXForwardedHost != 0)
 	if !cfg.PreserveHost {

@@ -9,12 +9,15 @@ import (
 )
 
 // Header names the forwarding rules touch (registry-v2 §6.11), as byte
-// slices so that setting them allocates nothing.
+// slices so that setting them allocates nothing, and in fasthttp's
+// canonical form (the form its parser stores), so that they are looked up
+// and set without normalising them again: a name normalisation costs as
+// much as the rest of a header set.
 var (
-	headerConnection      = "Connection"
+	headerConnection      = []byte("Connection")
 	nameXForwardedFor     = "X-Forwarded-For"
 	headerXForwardedFor   = []byte(nameXForwardedFor)
-	headerXRealIP         = []byte("X-Real-IP")
+	headerXRealIP         = []byte("X-Real-Ip")
 	headerXForwardedProto = []byte("X-Forwarded-Proto")
 	headerXForwardedHost  = []byte("X-Forwarded-Host")
 	commaSpace            = []byte(", ")
@@ -149,19 +152,18 @@ func forEachToken(v []byte, fn func([]byte)) {
 // clientAddr is the peer address of the client connection.
 func clientAddr(ctx *fasthttp.RequestCtx) netip.Addr { return remoteAddrIP(ctx.RemoteAddr()) }
 
-func appendClientIP(dst []byte, ctx *fasthttp.RequestCtx) []byte {
+// appendForwarding appends to dst the client's address (X-Real-IP) and,
+// after it, the X-Forwarded-For value, and returns both. The incoming
+// chain is kept and extended only when the peer is a trusted proxy; from
+// anyone else it is replaced, so clients cannot forge it. The address is
+// formatted once for both.
+func appendForwarding(dst []byte, ctx *fasthttp.RequestCtx, trusted []netip.Prefix) (out, realIP, forwardedFor []byte) {
 	a := clientAddr(ctx)
-	if !a.IsValid() {
-		return dst
+	start := len(dst)
+	if a.IsValid() {
+		dst = a.AppendTo(dst)
 	}
-	return a.AppendTo(dst)
-}
-
-// appendForwardedFor builds X-Forwarded-For: the incoming value is kept
-// and extended only when the peer is a trusted proxy; from anyone else it
-// is replaced, so clients cannot forge the chain.
-func appendForwardedFor(dst []byte, ctx *fasthttp.RequestCtx, trusted []netip.Prefix) []byte {
-	a := clientAddr(ctx)
+	ipEnd := len(dst)
 	if len(trusted) > 0 && isTrusted(a, trusted) {
 		// Several X-Forwarded-For lines are one list, in order (RFC 9110
 		// §5.3); keeping only the first would drop hops.
@@ -172,21 +174,23 @@ func appendForwardedFor(dst []byte, ctx *fasthttp.RequestCtx, trusted []netip.Pr
 			}
 		}
 	}
-	if a.IsValid() {
-		dst = a.AppendTo(dst)
+	if ipEnd == len(dst) {
+		return dst, dst[start:ipEnd], dst[start:ipEnd]
 	}
-	return dst
+	dst = append(dst, dst[start:ipEnd]...)
+	return dst, dst[start:ipEnd], dst[ipEnd:]
 }
 
-// setSingle replaces every line of header key with one line holding value.
-// A plain Set rewrites only the first line, so a client sending a header
-// twice would get its second, forged line through to the backend. present
-// is false when the request has no such line.
+// setSingle replaces every line of header key (canonical) with one line
+// holding value. A plain Set rewrites only the first line, so a client
+// sending a header twice would get its second, forged line through to
+// the backend. present is false when the request has no such line; then
+// SetCanonical appends it without normalising the name.
 func setSingle(h *fasthttp.RequestHeader, key, value []byte, present bool) {
 	if present {
 		h.DelBytes(key)
 	}
-	h.AddBytesKV(key, value)
+	h.SetCanonical(key, value)
 }
 
 func isTrusted(a netip.Addr, trusted []netip.Prefix) bool {
@@ -199,7 +203,11 @@ func isTrusted(a netip.Addr, trusted []netip.Prefix) bool {
 }
 
 // isWebSocketUpgrade reports a request with Connection: upgrade and
-// Upgrade: websocket.
-func isWebSocketUpgrade(h *fasthttp.RequestHeader) bool {
-	return h.ConnectionUpgrade() && bytes.EqualFold(h.Peek("Upgrade"), []byte("websocket"))
+// Upgrade: websocket; present (the admission scan) says whether it has
+// those headers at all, which spares most requests both lookups.
+func isWebSocketUpgrade(h *fasthttp.RequestHeader, present headerSet) bool {
+	if present&(hasConnection|hasUpgrade) != hasConnection|hasUpgrade {
+		return false
+	}
+	return h.ConnectionUpgrade() && bytes.EqualFold(h.PeekCanonical(headerUpgrade), valueWebSocket)
 }

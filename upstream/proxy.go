@@ -83,7 +83,7 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 		p.logGenerated(ctx, nil, start)
 		return
 	}
-	upgrade := isWebSocketUpgrade(&ctx.Request.Header)
+	upgrade := isWebSocketUpgrade(&ctx.Request.Header, present)
 	var tried uint64
 	for attempt := 0; ; attempt++ {
 		c := choose(pool, now, tried)
@@ -184,7 +184,7 @@ func (p *Proxy) recordGenerated(ctx *fasthttp.RequestCtx, m *Member, start time.
 // proxied like a backend, or the built-in page (§6.4).
 func (p *Proxy) serveMaintenance(ctx *fasthttp.RequestCtx, m *Member, start time.Time, present headerSet) {
 	mt := m.maint.Load()
-	if mt == nil || mt.Page == nil || isWebSocketUpgrade(&ctx.Request.Header) {
+	if mt == nil || mt.Page == nil || isWebSocketUpgrade(&ctx.Request.Header, present) {
 		writeBuiltinMaintenance(ctx)
 		p.recordGenerated(ctx, m, start)
 		return

@@ -14,7 +14,6 @@ import (
 var (
 	aLongTimeAgo     = time.Unix(1, 0)
 	headerUpgrade    = []byte("Upgrade")
-	headerConnBytes  = []byte("Connection")
 	valueWebSocket   = []byte("websocket")
 	valueUpgradeWord = []byte("Upgrade")
 )
@@ -43,7 +42,7 @@ func (p *Proxy) tunnel(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, trial b
 	}()
 	c.prepareRequest(ctx, be, cfg, p, present)
 	c.out.Header.SetBytesKV(headerUpgrade, valueWebSocket)
-	c.out.Header.SetBytesKV(headerConnBytes, valueUpgradeWord)
+	c.out.Header.SetBytesKV(headerConnection, valueUpgradeWord)
 	_ = backendConn.SetDeadline(time.Now().Add(timeout))
 	bw := bufio.NewWriter(backendConn)
 	br := bufio.NewReader(backendConn)
@@ -76,7 +75,7 @@ func (p *Proxy) tunnel(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, trial b
 	if status != fasthttp.StatusSwitchingProtocols {
 		// The backend refused the upgrade: relay its answer and body.
 		h.ResetConnectionClose()
-		removeHopByHop(h, resp.Header.Peek(headerConnection))
+		removeHopByHop(h, resp.Header.PeekCanonical(headerConnection))
 		resp.SkipBody = false
 		body := make([]byte, 0, 512)
 		if cl := resp.Header.ContentLength(); cl > 0 && cl <= 1<<20 {
