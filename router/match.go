@@ -68,11 +68,15 @@ func NormalizeHost(dst, host []byte) (out []byte, ok bool) {
 	if len(host) == 0 || len(host) > MaxHostLen {
 		return dst, false
 	}
-	for _, c := range host {
+	// One copy, then lower-case in place: appending byte by byte costs a
+	// capacity check per byte.
+	start := len(dst)
+	dst = append(dst, host...)
+	name := dst[start:]
+	for i, c := range name {
 		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
+			name[i] = c + 'a' - 'A'
 		}
-		dst = append(dst, c)
 	}
 	return dst, true
 }

@@ -244,10 +244,15 @@ func unhex(c byte) byte {
 }
 
 // isUnreserved reports RFC 3986 unreserved characters.
-func isUnreserved(c byte) bool {
-	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
-		c == '-' || c == '.' || c == '_' || c == '~'
-}
+func isUnreserved(c byte) bool { return unreservedChars[c] }
+
+var unreservedChars = func() (t [256]bool) {
+	for c := 0; c < 256; c++ {
+		t[c] = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+			c == '-' || c == '.' || c == '_' || c == '~'
+	}
+	return t
+}()
 
 // normalizePath normalises a request path in place and returns it:
 //
