@@ -113,9 +113,22 @@ func (p *Proxy) forwardTo(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, tria
 		c.finish()
 		return nil
 	}
+	compress := cfg.Compression && !maintenance
+	if !compress {
+		// A small body usually comes in the same read as the headers:
+		// copying it into the response and settling now costs less than
+		// relaying it as a stream (which fasthttp drains with several
+		// reads after the handler). Statistics count it as sent here.
+		if body, ok := c.x.takeBuffered(); ok {
+			ctx.Response.SetBody(body)
+			c.sent = int64(len(body))
+			c.finish()
+			return nil
+		}
+	}
 	var stream io.Reader = &c.x
 	size := c.resp.Header.ContentLength()
-	if cfg.Compression && !maintenance && c.compress.start(ctx, h, stream) {
+	if compress && c.compress.start(ctx, h, stream) {
 		stream, size = &c.compress, -1
 	}
 	c.stream = stream

@@ -172,6 +172,22 @@ func (x *exchange) readHeader(req *fasthttp.Request, resp *fasthttp.Response) er
 // hasBody reports whether the response has a body to relay.
 func (x *exchange) hasBody() bool { return !x.done }
 
+// takeBuffered returns the whole response body when it has a fixed length
+// and has already arrived with the headers, and ends the exchange; the
+// bytes are the connection's buffer and valid only until finish.
+func (x *exchange) takeBuffered() ([]byte, bool) {
+	if x.done || x.chunked || x.untilEOF || x.remaining > int64(x.br.Buffered()) {
+		return nil, false
+	}
+	body, err := x.br.Peek(int(x.remaining))
+	if err != nil {
+		return nil, false
+	}
+	_, _ = x.br.Discard(len(body))
+	x.remaining, x.done = 0, true
+	return body, true
+}
+
 // Read reads the response body, undoing chunked framing.
 func (x *exchange) Read(p []byte) (int, error) {
 	if x.done {
