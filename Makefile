@@ -15,7 +15,7 @@ BENCH_OUT       ?= bin/bench-results.json
 BENCH_FLAGS     ?=
 THRESHOLD       ?= 0.05
 
-.PHONY: build run test fuzz bench bench-micro bench-suite bench-compare bench-agree bench-tool lint clean
+.PHONY: build run test fuzz bench bench-micro bench-suite bench-compare bench-agree bench-instructions bench-tool lint clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/go-proxy
@@ -73,6 +73,16 @@ bench-compare: build bench-tool
 	./$(GPBENCH) compare -base $(BASE) -proxy $(BIN) -threshold $(THRESHOLD) -duration $(BENCH_DURATION) \
 		-warmup $(BENCH_WARMUP) -rounds $(BENCH_ROUNDS) -driver $(BENCH_DRIVER) -scenarios $(BENCH_SCENARIOS) \
 		-out bin/bench-compare.json $(BENCH_FLAGS)
+
+# User-space instructions per request, counted under callgrind (needs
+# valgrind): a figure the machine's noise does not move. go-proxy against
+# haproxy/nginx when installed; with BASE=<git ref>, that build against the
+# work tree, failing on a rise beyond INSTR_THRESHOLD plus the rounds' spread.
+INSTR_SCENARIOS ?= features-13b,features-4kib
+INSTR_THRESHOLD ?= 0.02
+bench-instructions: build bench-tool
+	./$(GPBENCH) instructions -proxy $(BIN) $(if $(BASE),-base $(BASE) -threshold $(INSTR_THRESHOLD)) \
+		-scenarios $(INSTR_SCENARIOS) -out bin/bench-instructions.json $(BENCH_FLAGS)
 
 # The Go load generator against wrk, in alternation.
 bench-agree: build bench-tool

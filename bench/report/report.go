@@ -98,8 +98,12 @@ type Report struct {
 	Options   map[string]any    `json:"options"`
 	Scenarios []*Scenario       `json:"scenarios"`
 	Changes   []Change          `json:"changes,omitempty"`
-	Checks    []Check           `json:"checks,omitempty"`
-	Pass      bool              `json:"pass"`
+	// Instruction counts (gpbench instructions).
+	Instructions         []InstructionRun     `json:"instructions,omitempty"`
+	InstructionSummaries []InstructionSummary `json:"instruction_summaries,omitempty"`
+	InstructionChanges   []InstructionChange  `json:"instruction_changes,omitempty"`
+	Checks               []Check              `json:"checks,omitempty"`
+	Pass                 bool                 `json:"pass"`
 }
 
 // WriteJSON writes r to path, indented.

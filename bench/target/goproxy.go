@@ -84,8 +84,14 @@ func (g *GoProxy) start(ctx context.Context, s Setup) (*Instance, error) {
 	seq := instanceSeq.Add(1)
 	// The proxy runs with its defaults: PROXY_* variables of the caller's
 	// environment (access log, state file, …) are not passed on.
-	p, err := startProcEnv(g.Binary, []string{"serve", "-http-addr", httpAddr, "-registry-addr", regAddr, "-admin-addr", adminAddr},
-		s.Dir, fmt.Sprintf("go-proxy-%d.log", seq), func(kv string) bool { return strings.HasPrefix(kv, "PROXY_") }, g.Env)
+	env := g.Env
+	if s.Callgrind != nil {
+		// One processor, as valgrind runs one thread at a time; no
+		// asynchronous preemption signals, which valgrind handles slowly.
+		env = append([]string{"GOMAXPROCS=1", "GODEBUG=asyncpreemptoff=1"}, env...)
+	}
+	p, counter, err := startTargetProc(s, g.Binary, []string{"serve", "-http-addr", httpAddr, "-registry-addr", regAddr, "-admin-addr", adminAddr},
+		s.Dir, fmt.Sprintf("go-proxy-%d.log", seq), func(kv string) bool { return strings.HasPrefix(kv, "PROXY_") }, env)
 	if err != nil {
 		return nil, err
 	}
@@ -101,10 +107,10 @@ func (g *GoProxy) start(ctx context.Context, s Setup) (*Instance, error) {
 		_ = cleanup()
 		return nil, fmt.Errorf("%s: %w", g.Name(), err)
 	}
-	if err := waitListening(ctx, p, regAddr, 15*time.Second); err != nil {
+	if err := waitListening(ctx, p, regAddr, startLimit(s, 15*time.Second)); err != nil {
 		return fail(err)
 	}
-	if err := waitListening(ctx, p, httpAddr, 5*time.Second); err != nil {
+	if err := waitListening(ctx, p, httpAddr, startLimit(s, 5*time.Second)); err != nil {
 		return fail(err)
 	}
 	backendURL := "http://" + s.Backend
@@ -119,7 +125,7 @@ func (g *GoProxy) start(ctx context.Context, s Setup) (*Instance, error) {
 			return fail(err)
 		}
 	}
-	if err := Probe(ctx, httpAddr, firstDomain(s), s.ProbePath, 10*time.Second); err != nil {
+	if err := Probe(ctx, httpAddr, firstDomain(s), s.ProbePath, startLimit(s, 10*time.Second)); err != nil {
 		return fail(err)
 	}
 	// Registry connections are closed after two idle minutes; keep them
@@ -142,7 +148,7 @@ func (g *GoProxy) start(ctx context.Context, s Setup) (*Instance, error) {
 			}
 		}
 	}()
-	in := &Instance{Addr: httpAddr, PID: p.pid()}
+	in := &Instance{Addr: httpAddr, PID: p.pid(), Counter: counter}
 	in.stop = func() error {
 		close(keepStop)
 		keepWG.Wait()

@@ -25,14 +25,14 @@ func (HAProxy) Kind() string { return KindReference }
 var refSeq atomic.Uint64
 
 // HAProxyConfig returns the configuration for listen, the hosts file and
-// the backend.
-func HAProxyConfig(listen, hostsFile, backend string, features bool) string {
+// the backend, with threads threads.
+func HAProxyConfig(listen, hostsFile, backend string, features bool, threads int) string {
 	check := ""
 	if features {
 		check = " check inter 1s"
 	}
 	return fmt.Sprintf(`global
-    nbthread 2
+    nbthread %d
     maxconn 8000
     tune.bufsize 65536
 
@@ -55,7 +55,7 @@ frontend bench
 backend origin
     option httpchk GET /health
     server backend %s maxconn 10000%s
-`, listen, hostsFile, backend, check)
+`, threads, listen, hostsFile, backend, check)
 }
 
 // Start implements Target.
@@ -77,15 +77,19 @@ func (h HAProxy) Start(ctx context.Context, s Setup) (*Instance, error) {
 		return nil, err
 	}
 	cfg := filepath.Join(dir, "haproxy.cfg")
-	if err := os.WriteFile(cfg, []byte(HAProxyConfig(listen, hosts, s.Backend, s.Features)), 0o644); err != nil {
+	threads := 2
+	if s.Callgrind != nil {
+		threads = 1
+	}
+	if err := os.WriteFile(cfg, []byte(HAProxyConfig(listen, hosts, s.Backend, s.Features, threads)), 0o644); err != nil {
 		return nil, err
 	}
 	// -db: stay in the foreground, one process.
-	p, err := startProc(bin, []string{"-db", "-f", cfg}, dir, "haproxy.log")
+	p, counter, err := startTargetProc(s, bin, []string{"-db", "-f", cfg}, dir, "haproxy.log", nil, nil)
 	if err != nil {
 		return nil, err
 	}
-	return startedRef(ctx, p, listen, s)
+	return startedRef(ctx, p, counter, listen, s)
 }
 
 // Nginx is nginx with a generated minimal configuration: a hash map of the
@@ -99,8 +103,9 @@ func (Nginx) Name() string { return "nginx" }
 func (Nginx) Kind() string { return KindReference }
 
 // NginxConfig returns the configuration for listen, the hosts map file and
-// the backend, with dir for nginx's own files.
-func NginxConfig(listen, hostsFile, backend, dir string, n int) string {
+// the backend, with dir for nginx's own files; single runs one process
+// (no master, one worker's work) instead of a master and two workers.
+func NginxConfig(listen, hostsFile, backend, dir string, n int, single bool) string {
 	user := ""
 	if os.Geteuid() == 0 {
 		// Workers must reach the temp paths below, inside a 0700 dir.
@@ -110,11 +115,14 @@ func NginxConfig(listen, hostsFile, backend, dir string, n int) string {
 	for size < 2*n {
 		size *= 2
 	}
-	return fmt.Sprintf(`%sworker_processes 2;
+	processes := "worker_processes 2;\nmaster_process on;"
+	if single {
+		processes = "worker_processes 1;\nmaster_process off;"
+	}
+	return fmt.Sprintf(`%s%s
 daemon off;
-master_process on;
-pid %[2]s/nginx.pid;
-error_log %[2]s/error.log warn;
+pid %[3]s/nginx.pid;
+error_log %[3]s/error.log warn;
 
 events {
     worker_connections 20000;
@@ -122,31 +130,31 @@ events {
 
 http {
     access_log off;
-    client_body_temp_path %[2]s/body;
-    proxy_temp_path %[2]s/proxy;
-    fastcgi_temp_path %[2]s/fastcgi;
-    uwsgi_temp_path %[2]s/uwsgi;
-    scgi_temp_path %[2]s/scgi;
+    client_body_temp_path %[3]s/body;
+    proxy_temp_path %[3]s/proxy;
+    fastcgi_temp_path %[3]s/fastcgi;
+    uwsgi_temp_path %[3]s/uwsgi;
+    scgi_temp_path %[3]s/scgi;
     keepalive_requests 1000000;
     keepalive_timeout 60s;
-    map_hash_max_size %[6]d;
+    map_hash_max_size %[7]d;
     map_hash_bucket_size 128;
 
     map $host $known_host {
         default 0;
-        include %[3]s;
+        include %[4]s;
     }
     map $http_upgrade $connection_upgrade {
         default upgrade;
         '' '';
     }
     upstream origin {
-        server %[4]s;
+        server %[5]s;
         keepalive 256;
         keepalive_requests 1000000;
     }
     server {
-        listen %[5]s;
+        listen %[6]s;
         client_max_body_size 0;
         location / {
             if ($known_host = 0) {
@@ -164,7 +172,7 @@ http {
         }
     }
 }
-`, user, dir, hostsFile, backend, listen, size)
+`, user, processes, dir, hostsFile, backend, listen, size)
 }
 
 // Start implements Target.
@@ -187,28 +195,28 @@ func (ng Nginx) Start(ctx context.Context, s Setup) (*Instance, error) {
 		return nil, err
 	}
 	cfg := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(cfg, []byte(NginxConfig(listen, hosts, s.Backend, dir, len(domains))), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(NginxConfig(listen, hosts, s.Backend, dir, len(domains), s.Callgrind != nil)), 0o644); err != nil {
 		return nil, err
 	}
-	p, err := startProc(bin, []string{"-p", dir, "-c", cfg, "-e", filepath.Join(dir, "error.log")}, dir, "nginx.log")
+	p, counter, err := startTargetProc(s, bin, []string{"-p", dir, "-c", cfg, "-e", filepath.Join(dir, "error.log")}, dir, "nginx.log", nil, nil)
 	if err != nil {
 		return nil, err
 	}
-	return startedRef(ctx, p, listen, s)
+	return startedRef(ctx, p, counter, listen, s)
 }
 
-func startedRef(ctx context.Context, p *proc, listen string, s Setup) (*Instance, error) {
+func startedRef(ctx context.Context, p *proc, counter *Counter, listen string, s Setup) (*Instance, error) {
 	fail := func(err error) (*Instance, error) {
 		_ = p.stop(5 * time.Second)
 		return nil, err
 	}
-	if err := waitListening(ctx, p, listen, 30*time.Second); err != nil {
+	if err := waitListening(ctx, p, listen, startLimit(s, 30*time.Second)); err != nil {
 		return fail(err)
 	}
-	if err := Probe(ctx, listen, firstDomain(s), s.ProbePath, 10*time.Second); err != nil {
+	if err := Probe(ctx, listen, firstDomain(s), s.ProbePath, startLimit(s, 10*time.Second)); err != nil {
 		return fail(err)
 	}
-	return &Instance{Addr: listen, PID: p.pid(), stop: func() error { return p.stop(10 * time.Second) }}, nil
+	return &Instance{Addr: listen, PID: p.pid(), Counter: counter, stop: func() error { return p.stop(10 * time.Second) }}, nil
 }
 
 func domainsOrDefault(s Setup) []string {

@@ -36,6 +36,9 @@ type Setup struct {
 	WebSocket bool     // allow WebSocket upgrades
 	ProbePath string   // a GET path that answers 200 once the target serves
 	Dir       string   // scratch directory for configurations and logs
+	// Callgrind, when set, runs the target's process under callgrind on
+	// one thread, to count its instructions (Instance.Counter).
+	Callgrind *Callgrind
 }
 
 // Target is something the suite can send load to.
@@ -60,7 +63,10 @@ type Instance struct {
 	// Background starts the instance's activity during a run (statistics
 	// polling, registry churn) and returns the function that stops it.
 	Background func(ctx context.Context) (stop func() []Activity)
-	stop       func() error
+	// Counter counts the process's instructions when it runs under
+	// callgrind (Setup.Callgrind); nil otherwise.
+	Counter *Counter
+	stop    func() error
 }
 
 // Stop stops the instance and releases everything it holds.
@@ -104,12 +110,25 @@ type proc struct {
 	log  *os.File
 }
 
-func startProc(name string, args []string, dir, logName string) (*proc, error) {
-	return startProcEnv(name, args, dir, logName, nil, nil)
+// startTargetProc starts a target's process, under callgrind when the
+// setup asks for it (then with the Counter of its instructions).
+func startTargetProc(s Setup, name string, args []string, dir, logName string, drop func(string) bool, extra []string) (*proc, *Counter, error) {
+	if s.Callgrind == nil {
+		p, err := startProcEnv(name, args, dir, logName, drop, extra)
+		return p, nil, err
+	}
+	out := filepath.Join(dir, strings.TrimSuffix(logName, ".log")+".callgrind")
+	name, args = s.Callgrind.wrap(name, args, out)
+	p, err := startProcEnv(name, args, dir, logName, drop, extra)
+	if err != nil {
+		return nil, nil, err
+	}
+	return p, newCounter(s.Callgrind, p.pid(), out), nil
 }
 
-// startProcEnv is startProc with the environment filtered: variables for
-// which drop returns true are left out, and extra is added.
+// startProcEnv starts a child process in dir, logging to logName, with the
+// environment filtered: variables for which drop returns true are left
+// out, and extra is added.
 func startProcEnv(name string, args []string, dir, logName string, drop func(string) bool, extra []string) (*proc, error) {
 	logf, err := os.Create(filepath.Join(dir, logName))
 	if err != nil {

@@ -99,17 +99,27 @@ func waitGone(pid int) error {
 }
 
 func TestConfigs(t *testing.T) {
-	h := HAProxyConfig("127.0.0.1:1", "/x/hosts.lst", "127.0.0.1:2", true)
+	h := HAProxyConfig("127.0.0.1:1", "/x/hosts.lst", "127.0.0.1:2", true, 2)
 	for _, want := range []string{"bind 127.0.0.1:1", "-f /x/hosts.lst", "server backend 127.0.0.1:2", "check inter 1s", "http-reuse always"} {
 		if !strings.Contains(h, want) {
 			t.Errorf("haproxy config lacks %q", want)
 		}
 	}
-	n := NginxConfig("127.0.0.1:1", "/x/hosts.map", "127.0.0.1:2", "/x", 100_000)
+	n := NginxConfig("127.0.0.1:1", "/x/hosts.map", "127.0.0.1:2", "/x", 100_000, false)
 	for _, want := range []string{"listen 127.0.0.1:1;", "include /x/hosts.map;", "server 127.0.0.1:2;", "keepalive 256;", "map_hash_max_size 262144;", "daemon off;"} {
 		if !strings.Contains(n, want) {
 			t.Errorf("nginx config lacks %q", want)
 		}
+	}
+	// Under callgrind each reference runs on one thread, in one process.
+	if h := HAProxyConfig("127.0.0.1:1", "/x/h", "127.0.0.1:2", false, 1); !strings.Contains(h, "nbthread 1\n") {
+		t.Errorf("haproxy config for one thread:\n%s", h)
+	}
+	if n := NginxConfig("127.0.0.1:1", "/x/h", "127.0.0.1:2", "/x", 1, true); !strings.Contains(n, "master_process off;") || !strings.Contains(n, "worker_processes 1;") {
+		t.Errorf("nginx config for one process:\n%s", n)
+	}
+	if !strings.Contains(n, "master_process on;") || !strings.Contains(n, "worker_processes 2;") {
+		t.Errorf("nginx config lacks its master and two workers")
 	}
 }
 

@@ -3,6 +3,7 @@
 //	gpbench run     [flags]             run the scenarios: direct, go-proxy, haproxy, nginx
 //	gpbench compare -base REF [flags]   the build of REF against the work tree, in alternation
 //	gpbench agree   [flags]             the Go load generator against wrk, in alternation
+//	gpbench instructions [flags]        user-space instructions per request (callgrind)
 //	gpbench list                        list the scenarios
 //	gpbench backend [-addr A]           run the bundled backend alone
 //
@@ -41,6 +42,8 @@ func usage(w io.Writer) {
   gpbench run     [flags]            run the scenarios (direct, go-proxy, haproxy, nginx)
   gpbench compare -base REF [flags]  compare the build of git ref REF with the work tree
   gpbench agree   [flags]            check that the Go load generator and wrk agree
+  gpbench instructions [flags]       count user-space instructions per request (callgrind):
+                                     go-proxy against haproxy/nginx, or -base REF against the work tree
   gpbench list                       list the scenarios
   gpbench backend [-addr ADDR]       run the bundled backend
 "gpbench run -h" lists the flags.`)
@@ -54,6 +57,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "run", "compare", "agree":
 		return cmdSuite(args[0], args[1:], stdout, stderr)
+	case "instructions":
+		return cmdInstructions(args[1:], stdout, stderr)
 	case "list":
 		for _, s := range scenario.All() {
 			fmt.Fprintf(stdout, "%-14s %s\n", s.Name, s.Description)
