@@ -84,6 +84,17 @@ func serveWebSocket(ctx *fasthttp.RequestCtx) {
 	ctx.Hijack(func(c net.Conn) { _ = ws.Echo(c) })
 }
 
+// ServeLoopback serves the backend on a free loopback port until shutdown.
+func ServeLoopback() (addr string, shutdown func() error, err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := NewServer()
+	go func() { _ = srv.Serve(ln) }()
+	return ln.Addr().String(), srv.Shutdown, nil
+}
+
 // NewServer returns the backend's fasthttp server.
 func NewServer() *fasthttp.Server {
 	return &fasthttp.Server{

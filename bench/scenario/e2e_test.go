@@ -3,7 +3,6 @@ package scenario
 import (
 	"bytes"
 	"context"
-	"net"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -20,26 +19,15 @@ import (
 // routes, direct and through the proxy.
 func TestEndToEnd(t *testing.T) {
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "go-proxy")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/go-proxy")
-	build.Dir = "../.."
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := backend.NewServer()
-	go func() { _ = srv.Serve(ln) }()
-	defer func() { _ = srv.Shutdown() }()
+	bin := buildGoProxy(t, dir)
+	be := startTestBackend(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	var progress bytes.Buffer
 	opt := Options{
 		Duration: time.Second, Warmup: 300 * time.Millisecond, Rounds: 1, Driver: DriverLoadgen,
-		Backend: ln.Addr().String(), Dir: dir, Progress: &progress,
+		Backend: be, Dir: dir, Progress: &progress,
 		Targets: []target.Target{target.Direct{}, &target.GoProxy{Label: "go-proxy", Binary: bin}},
 		Churn:   target.ChurnConfig{Rate: 10, Routes: 5},
 	}
@@ -101,4 +89,27 @@ func TestEndToEnd(t *testing.T) {
 	if back, err := report.ReadJSON(path); err != nil || len(back.Scenarios) != 2 {
 		t.Fatalf("json: %v", err)
 	}
+}
+
+// buildGoProxy builds the work tree's go-proxy into dir.
+func buildGoProxy(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "go-proxy")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/go-proxy")
+	build.Dir = "../.."
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// startTestBackend serves the bundled backend on loopback until the test ends.
+func startTestBackend(t *testing.T) string {
+	t.Helper()
+	addr, shutdown, err := backend.ServeLoopback()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = shutdown() })
+	return addr
 }

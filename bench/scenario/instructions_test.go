@@ -2,13 +2,9 @@ package scenario
 
 import (
 	"context"
-	"net"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/go-proxy/go-proxy/bench/backend"
 	"github.com/go-proxy/go-proxy/bench/target"
 )
 
@@ -21,22 +17,11 @@ func TestCountInstructions(t *testing.T) {
 		t.Skip("valgrind is not installed (apt-get install -y valgrind)")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "go-proxy")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/go-proxy")
-	build.Dir = "../.."
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := backend.NewServer()
-	go func() { _ = srv.Serve(ln) }()
-	defer func() { _ = srv.Shutdown() }()
+	bin := buildGoProxy(t, dir)
+	be := startTestBackend(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	opt := InstructionOptions{Duration: 2 * time.Second, Warmup: time.Second, Backend: ln.Addr().String(), Dir: dir}
+	opt := InstructionOptions{Duration: 2 * time.Second, Warmup: time.Second, Backend: be, Dir: dir}
 	gp := &target.GoProxy{Label: "go-proxy", Binary: bin}
 	per := map[string]float64{}
 	for _, name := range []string{"get-13b", "get-64kib"} {

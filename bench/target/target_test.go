@@ -3,7 +3,6 @@ package target
 import (
 	"context"
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -15,14 +14,12 @@ import (
 
 func startBackend(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, shutdown, err := backend.ServeLoopback()
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := backend.NewServer()
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Shutdown() })
-	return ln.Addr().String()
+	t.Cleanup(func() { _ = shutdown() })
+	return addr
 }
 
 func status(t *testing.T, addr, host, path string) int {

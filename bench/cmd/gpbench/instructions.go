@@ -54,21 +54,12 @@ func cmdInstructions(args []string, stdout, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	dir := *dirFlag
-	if dir == "" {
-		if dir, err = os.MkdirTemp("", "gpbench-instr-"); err != nil {
-			log("%s: %v", name, err)
-			return 1
-		}
-		if !*keep {
-			defer os.RemoveAll(dir)
-		} else {
-			log("scratch directory: %s", dir)
-		}
-	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+	dir, removeDir, err := scratchDir(*dirFlag, *keep, "gpbench-instr-", log)
+	if err != nil {
 		log("%s: %v", name, err)
 		return 1
 	}
+	defer removeDir()
 
 	root, rootErr := moduleRoot()
 	host := hostInfo()
@@ -111,15 +102,12 @@ func cmdInstructions(args []string, stdout, stderr io.Writer) int {
 		targets = append(targets, &target.GoProxy{Label: "base", Binary: baseBin}, &target.GoProxy{Label: newLabel, Binary: newBin})
 	} else {
 		targets = append(targets, &target.GoProxy{Label: newLabel, Binary: newBin})
-		refs, err := references(*refList)
+		refs, err := references(*refList, host)
 		if err != nil {
 			log("%s: %v", name, err)
 			return 2
 		}
-		for _, r := range refs {
-			targets = append(targets, r)
-			host[r.Name()] = target.Version(r.Name(), "-v")
-		}
+		targets = append(targets, refs...)
 	}
 
 	// A run takes its window and warm-up plus some 10 s to start a process
@@ -128,20 +116,14 @@ func cmdInstructions(args []string, stdout, stderr io.Writer) int {
 	timeout := 2*planned + 5*time.Minute
 	log("%d scenarios × %d rounds, %d targets under callgrind: about %v planned, bounded at %v",
 		len(scens), *rounds, len(targets), planned.Round(time.Second), timeout)
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	be, err := startBackend(ctx, dir)
+	ctx, be, stopBackend, err := boundedBackend(ctx, dir, timeout)
 	if err != nil {
 		log("%s: backend: %v", name, err)
 		return 1
 	}
-	defer be.stop()
+	defer stopBackend()
 
-	rep := &report.Report{
-		Command: strings.Join(append([]string{"gpbench"}, os.Args[1:]...), " "),
-		Started: time.Now().UTC(), Host: host,
-		Options: map[string]any{"duration": duration.String(), "warmup": warmup.String(), "rounds": *rounds, "connections": *conns},
-	}
+	rep := newReport(host, map[string]any{"duration": duration.String(), "warmup": warmup.String(), "rounds": *rounds, "connections": *conns})
 	opt := scenario.InstructionOptions{Duration: *duration, Warmup: *warmup, Conns: *conns, Backend: be.addr, Dir: dir}
 	for _, s := range scens {
 		for round := 0; round < *rounds; round++ {
@@ -188,17 +170,9 @@ func cmdInstructions(args []string, stdout, stderr io.Writer) int {
 	table.WriteString("\n")
 	report.WriteChecks(&table, rep.Checks)
 	fmt.Fprint(stdout, table.String())
-	if *out != "" {
-		if err := rep.WriteJSON(*out); err != nil {
-			log("%s: %v", name, err)
-			return 1
-		}
-		txt := strings.TrimSuffix(*out, filepath.Ext(*out)) + ".txt"
-		if err := os.WriteFile(txt, []byte(table.String()), 0o644); err != nil {
-			log("%s: %v", name, err)
-			return 1
-		}
-		log("results: %s, %s", *out, txt)
+	if err := writeResults(*out, rep, table.String(), log); err != nil {
+		log("%s: %v", name, err)
+		return 1
 	}
 	switch {
 	case ctx.Err() != nil:

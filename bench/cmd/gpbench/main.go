@@ -196,21 +196,12 @@ func cmdSuite(mode string, args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	dir := f.dir
-	if dir == "" {
-		if dir, err = os.MkdirTemp("", "gpbench-"); err != nil {
-			log("%s: %v", name, err)
-			return 1
-		}
-		if !f.keep {
-			defer os.RemoveAll(dir)
-		} else {
-			log("scratch directory: %s", dir)
-		}
-	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+	dir, removeDir, err := scratchDir(f.dir, f.keep, "gpbench-", log)
+	if err != nil {
 		log("%s: %v", name, err)
 		return 1
 	}
+	defer removeDir()
 
 	// The go-proxy builds.
 	root, err := moduleRoot()
@@ -264,15 +255,12 @@ func cmdSuite(mode string, args []string, stdout, stderr io.Writer) int {
 				targets = append(targets, &target.GoProxy{Label: "go-proxy[" + strings.Join(env, ",") + "]", Binary: newBin, Env: env})
 			}
 		}
-		refs, err := references(f.references)
+		refs, err := references(f.references, host)
 		if err != nil {
 			log("%s: %v", name, err)
 			return 2
 		}
-		for _, r := range refs {
-			targets = append(targets, r)
-			host[r.Name()] = target.Version(r.Name(), "-v")
-		}
+		targets = append(targets, refs...)
 		if len(refs) == 0 {
 			log("no reference proxies (haproxy, nginx) installed or selected: no reference rows")
 		}
@@ -290,24 +278,17 @@ func cmdSuite(mode string, args []string, stdout, stderr io.Writer) int {
 		timeout = 2*planned + 5*time.Minute
 	}
 	log("%d scenarios × %d rounds, %d targets: about %v planned, bounded at %v", len(scens), f.rounds, len(targets), planned.Round(time.Second), timeout)
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-
-	be, err := startBackend(ctx, dir)
+	ctx, be, stopBackend, err := boundedBackend(ctx, dir, timeout)
 	if err != nil {
 		log("%s: backend: %v", name, err)
 		return 1
 	}
-	defer be.stop()
+	defer stopBackend()
 
-	rep := &report.Report{
-		Command: strings.Join(append([]string{"gpbench"}, os.Args[1:]...), " "),
-		Started: time.Now().UTC(), Host: host,
-		Options: map[string]any{
-			"duration": f.duration.String(), "warmup": f.warmup.String(), "rounds": f.rounds,
-			"driver": f.driver, "wrk_threads": f.wrkThreads, "churn_rate": f.churnRate, "churn_routes": f.churnRoutes,
-		},
-	}
+	rep := newReport(host, map[string]any{
+		"duration": f.duration.String(), "warmup": f.warmup.String(), "rounds": f.rounds,
+		"driver": f.driver, "wrk_threads": f.wrkThreads, "churn_rate": f.churnRate, "churn_routes": f.churnRoutes,
+	})
 	if compare {
 		rep.Options["base"] = f.base
 		rep.Options["threshold"] = f.threshold
@@ -370,17 +351,9 @@ func cmdSuite(mode string, args []string, stdout, stderr io.Writer) int {
 		report.WriteChecks(&table, rep.Checks)
 	}
 	fmt.Fprint(stdout, table.String())
-	if f.out != "" {
-		if err := rep.WriteJSON(f.out); err != nil {
-			log("%s: %v", name, err)
-			return 1
-		}
-		txt := strings.TrimSuffix(f.out, filepath.Ext(f.out)) + ".txt"
-		if err := os.WriteFile(txt, []byte(table.String()), 0o644); err != nil {
-			log("%s: %v", name, err)
-			return 1
-		}
-		log("results: %s, %s", f.out, txt)
+	if err := writeResults(f.out, rep, table.String(), log); err != nil {
+		log("%s: %v", name, err)
+		return 1
 	}
 	if runErr != nil {
 		if errors.Is(runErr, context.DeadlineExceeded) {
@@ -445,7 +418,9 @@ func plan(scens []scenario.Scenario, targets []target.Target, f suiteFlags) time
 	return total
 }
 
-func references(list string) ([]target.Target, error) {
+// references returns the reference proxies of a -references list and
+// records their versions in host.
+func references(list string, host map[string]string) ([]target.Target, error) {
 	var out []target.Target
 	add := func(name string, must bool) error {
 		if !target.Installed(name) {
@@ -462,6 +437,7 @@ func references(list string) ([]target.Target, error) {
 		default:
 			return fmt.Errorf("unknown reference proxy %q", name)
 		}
+		host[name] = target.Version(name, "-v")
 		return nil
 	}
 	switch list {
@@ -537,6 +513,18 @@ func startBackend(ctx context.Context, dir string) (*backendProc, error) {
 	}
 	b.stop()
 	return nil, fmt.Errorf("backend did not start")
+}
+
+// boundedBackend bounds ctx at timeout and starts the backend under it;
+// stop stops the backend and releases the bound.
+func boundedBackend(ctx context.Context, dir string, timeout time.Duration) (_ context.Context, _ *backendProc, stop func(), _ error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	be, err := startBackend(ctx, dir)
+	if err != nil {
+		cancel()
+		return nil, nil, nil, err
+	}
+	return ctx, be, func() { be.stop(); cancel() }, nil
 }
 
 func (b *backendProc) stop() {
@@ -626,6 +614,48 @@ func hostInfo() map[string]string {
 		}
 	}
 	return h
+}
+
+// scratchDir returns dir, made if needed, or a new temporary directory,
+// with the function that removes the temporary one (unless keep).
+func scratchDir(dir string, keep bool, prefix string, log func(string, ...any)) (string, func(), error) {
+	if dir != "" {
+		return dir, func() {}, os.MkdirAll(dir, 0o755)
+	}
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return "", nil, err
+	}
+	if keep {
+		log("scratch directory: %s", dir)
+		return dir, func() {}, nil
+	}
+	return dir, func() { _ = os.RemoveAll(dir) }, nil
+}
+
+// newReport starts the report of this invocation.
+func newReport(host map[string]string, options map[string]any) *report.Report {
+	return &report.Report{
+		Command: strings.Join(append([]string{"gpbench"}, os.Args[1:]...), " "),
+		Started: time.Now().UTC(), Host: host, Options: options,
+	}
+}
+
+// writeResults writes the report to out (JSON) and the table next to it
+// (.txt); nothing when out is empty.
+func writeResults(out string, rep *report.Report, table string, log func(string, ...any)) error {
+	if out == "" {
+		return nil
+	}
+	if err := rep.WriteJSON(out); err != nil {
+		return err
+	}
+	txt := strings.TrimSuffix(out, filepath.Ext(out)) + ".txt"
+	if err := os.WriteFile(txt, []byte(table), 0o644); err != nil {
+		return err
+	}
+	log("results: %s, %s", out, txt)
+	return nil
 }
 
 // envList splits a comma list of KEY=VALUE, dropping empty items.
