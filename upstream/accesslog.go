@@ -38,14 +38,14 @@ const (
 // be queued without an allocation and outlive the request.
 type AccessEntry struct {
 	Start     int64 // unix nanoseconds when the request arrived
-	Duration  int64 // nanoseconds until the response settled (body written)
+	Duration  int64 // nanoseconds until the response settled: body relayed, or copied when it came with the headers
 	Upstream  int64 // nanoseconds until the backend's response headers; 0 when generated
 	Status    int32
 	Generated bool // the proxy answered itself (no route, limit, error page)
 	Truncated bool // a text field was longer than its array
 	RouteID   uint64
 	Service   string // the route's service; "" for an unmatched request
-	Sent      int64  // response body bytes written to the client
+	Sent      int64  // response body bytes relayed to the client (copied, for a body that came with the headers)
 	Received  int64  // request body bytes read from the client (forwarded requests)
 	Remote    netip.Addr
 

@@ -113,23 +113,21 @@ func (p *Proxy) forwardTo(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, tria
 		c.finish()
 		return nil
 	}
-	compress := cfg.Compression && !maintenance
-	if !compress {
+	var stream io.Reader = &c.x
+	size := c.resp.Header.ContentLength()
+	if cfg.Compression && !maintenance && c.compress.start(ctx, h, stream) {
+		stream, size = &c.compress, -1
+	} else if body, ok := c.x.takeBuffered(); ok {
 		// A small body usually comes in the same read as the headers:
 		// copying it into the response and settling now costs less than
 		// relaying it as a stream (which fasthttp drains with several
-		// reads after the handler). Statistics count it as sent here.
-		if body, ok := c.x.takeBuffered(); ok {
-			ctx.Response.SetBody(body)
-			c.sent = int64(len(body))
-			c.finish()
-			return nil
-		}
-	}
-	var stream io.Reader = &c.x
-	size := c.resp.Header.ContentLength()
-	if compress && c.compress.start(ctx, h, stream) {
-		stream, size = &c.compress, -1
+		// reads after the handler). The call is settled before fasthttp
+		// writes the response, so statistics and the access log count
+		// the body as sent and end the duration here.
+		ctx.Response.SetBody(body)
+		c.sent = int64(len(body))
+		c.finish()
+		return nil
 	}
 	c.stream = stream
 	ctx.Response.SetBodyStream(c, max(size, -1))
@@ -221,7 +219,8 @@ func (c *call) finish() {
 	m := c.member
 	// The latency statistics are filed under the minute the response
 	// headers came (the latency measures the time to them), which spares
-	// reading the clock again; the access log wants the end of the body.
+	// reading the clock again; the access log wants the end of the body
+	// (of its relay, or of its copy when it came with the headers).
 	m.Stats.Record(c.status, c.latency, c.sent, c.reqBody.n, c.failed, c.at)
 	if l := c.proxy.settings.AccessLog; l != nil {
 		c.entry.settle(m, c.status, c.latency, c.sent, c.reqBody.n, time.Now())

@@ -165,6 +165,9 @@ func (x *exchange) readHeader(req *fasthttp.Request, resp *fasthttp.Response) er
 	default:
 		x.untilEOF = true
 	}
+	if x.done {
+		x.checkTail()
+	}
 	x.conn.bodyPhase = true
 	return nil
 }
@@ -185,7 +188,19 @@ func (x *exchange) takeBuffered() ([]byte, bool) {
 	}
 	_, _ = x.br.Discard(len(body))
 	x.remaining, x.done = 0, true
+	x.checkTail()
 	return body, true
+}
+
+// checkTail marks the connection broken when bytes follow a complete
+// response in the read buffer: the backend sent more than its
+// Content-Length, and reusing the connection would read the rest as the
+// next request's response. Bytes still in the socket are not seen (that
+// would cost a system call per response).
+func (x *exchange) checkTail() {
+	if x.br.Buffered() > 0 {
+		x.broken = true
+	}
 }
 
 // Read reads the response body, undoing chunked framing.
@@ -242,6 +257,7 @@ func (x *exchange) Read(p []byte) (int, error) {
 			}
 		} else {
 			x.done = true
+			x.checkTail()
 		}
 	}
 	return n, nil

@@ -342,3 +342,24 @@ func TestWebSocketClientCloses(t *testing.T) {
 		t.Errorf("stats %+v", r)
 	}
 }
+
+// TestWebSocketHandshakeAnyCase: an upgrade with lower-case header names
+// and values is recognised (the admission scan's header set gates the
+// lookups), and Upgrade without Connection is no upgrade.
+func TestWebSocketHandshakeAnyCase(t *testing.T) {
+	h := newHarness(t, Settings{})
+	m := h.member(wsEchoBackend(t), func(c *Config) { c.WebSocket = true })
+	h.route("ws.test", "/", m)
+	rc := h.dialRaw()
+	resp := rc.roundTripRaw(false, "GET /chat HTTP/1.1\r\nhost: ws.test\r\nupgrade: WebSocket\r\nconnection: keep-alive, upgrade\r\n"+
+		"sec-websocket-key: "+wsKey+"\r\nsec-websocket-version: 13\r\n\r\n")
+	if resp.Status != 101 {
+		t.Fatalf("lower-case handshake: %d %v %q", resp.Status, resp.Header, resp.Body)
+	}
+	rc = h.dialRaw()
+	resp = rc.roundTripRaw(false, "GET /chat HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\n"+
+		"Sec-WebSocket-Key: "+wsKey+"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+	if resp.Status == 101 {
+		t.Fatalf("Upgrade without Connection was tunnelled")
+	}
+}
