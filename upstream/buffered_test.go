@@ -103,3 +103,18 @@ func TestForwardingHeadersAnyCase(t *testing.T) {
 		}
 	}
 }
+
+// TestNoContentTypeInvented: a backend response without Content-Type is
+// relayed without one (fasthttp would otherwise add text/plain).
+func TestNoContentTypeInvented(t *testing.T) {
+	h := newHarness(t, Settings{})
+	url, _ := countingBackend(t, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+	h.route("app.test", "/", h.member(url))
+	resp := h.dialRaw().roundTrip(false, "GET / HTTP/1.1", "Host: app.test")
+	if resp.Status != 200 || string(resp.Body) != "hello" {
+		t.Fatalf("%d %q", resp.Status, resp.Body)
+	}
+	if ct, ok := resp.Header["Content-Type"]; ok {
+		t.Errorf("Content-Type %q added to a response that had none", ct)
+	}
+}
