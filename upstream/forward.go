@@ -144,7 +144,7 @@ func relayResponseHeaders(h *fasthttp.ResponseHeader, resp *fasthttp.Response, c
 	h.SetNoDefaultContentType(true)
 	h.SetProtocol(protocolHTTP11) // the client speaks to us, not to the backend
 	h.ResetConnectionClose()
-	removeHopByHop(h, resp.Header.PeekCanonical(headerConnection))
+	removeHopByHop(h, &resp.Header)
 	if maintenance {
 		h.SetBytesKV(headerMaintenanceMode, valueTrue)
 	} else {
@@ -162,11 +162,7 @@ func (c *call) prepareRequest(ctx *fasthttp.RequestCtx, be *Backend, cfg *Config
 	in := &ctx.Request.Header
 	in.CopyTo(&out.Header)
 	out.Header.ResetConnectionClose()
-	var connection []byte
-	if present&hasConnection != 0 {
-		connection = in.PeekCanonical(headerConnection)
-	}
-	removeHopByHopRequest(&out.Header, connection, present)
+	removeHopByHopRequest(&out.Header, in, present)
 	// The listener already answered any Expect: 100-continue.
 	if present&hasExpect != 0 {
 		out.Header.DelBytes(headerExpect)

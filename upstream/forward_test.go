@@ -332,3 +332,37 @@ func TestForwardedProtoFollowsScheme(t *testing.T) {
 		t.Errorf("X-Forwarded-Proto %q, want [https]", got)
 	}
 }
+
+// TestConnectionLinesAllCount: headers named by any Connection line are
+// hop-by-hop, in both directions, not only those of the first line.
+func TestConnectionLinesAllCount(t *testing.T) {
+	h := newHarness(t, Settings{})
+	be := echoBackend(t)
+	h.route("app.test", "/", h.member(be.URL))
+	rc := h.dialRaw()
+	s := decodeSeen(t, rc.roundTrip(false, "GET / HTTP/1.1", "Host: app.test",
+		"Connection: X-Hop-A", "X-Hop-A: 1", "connection: x-hop-b, keep-alive", "X-Hop-B: 2", "X-Keep: yes"))
+	for _, name := range []string{"X-Hop-A", "X-Hop-B", "Connection"} {
+		if got := s.Header.Values(name); len(got) > 0 {
+			t.Errorf("request: %s forwarded: %q", name, got)
+		}
+	}
+	if s.Header.Get("X-Keep") != "yes" {
+		t.Errorf("request: X-Keep lost: %v", s.Header)
+	}
+
+	url := rawBackend(t, func(req *http.Request, conn net.Conn) bool {
+		_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nConnection: X-A\r\nX-A: 1\r\nConnection: X-B\r\nX-B: 2\r\nX-Keep: yes\r\nContent-Length: 2\r\n\r\nok")
+		return true
+	})
+	h.route("resp.test", "/", h.member(url))
+	resp := rc.roundTrip(false, "GET / HTTP/1.1", "Host: resp.test")
+	if resp.Status != 200 || resp.Header.Get("X-Keep") != "yes" {
+		t.Fatalf("response: %d %v", resp.Status, resp.Header)
+	}
+	for _, name := range []string{"X-A", "X-B", "Connection"} {
+		if got := resp.Header.Values(name); len(got) > 0 {
+			t.Errorf("response: %s relayed: %q", name, got)
+		}
+	}
+}

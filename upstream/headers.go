@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"bytes"
+	"iter"
 	"math/bits"
 	"net/netip"
 
@@ -94,10 +95,14 @@ var headerNames = [...][]byte{
 }
 
 // removeHopByHopRequest strips hop-by-hop headers, including those named
-// by the client's Connection header, from an outgoing request; present
-// says which of them the request has.
-func removeHopByHopRequest(h *fasthttp.RequestHeader, connection []byte, present headerSet) {
-	forEachToken(connection, func(name []byte) { h.DelBytes(name) })
+// by the client's Connection lines (in), from an outgoing request h;
+// present says which of them the request has.
+func removeHopByHopRequest(h, in *fasthttp.RequestHeader, present headerSet) {
+	if present&hasConnection != 0 {
+		// Every Connection line counts, not only the first (RFC 9110
+		// §5.3); fasthttp keeps "close" as a flag, the others as lines.
+		forEachConnectionToken(in.All(), func(name []byte) { h.DelBytes(name) })
+	}
 	for i, name := range hopByHop {
 		if present&(1<<i) != 0 {
 			h.Del(name)
@@ -105,13 +110,22 @@ func removeHopByHopRequest(h *fasthttp.RequestHeader, connection []byte, present
 	}
 }
 
-// removeHopByHop strips hop-by-hop headers from a relayed response. One
-// pass over the header names finds which are there, so that only those
-// are deleted (a delete normalises the name and scans every header).
-func removeHopByHop(h *fasthttp.ResponseHeader, connection []byte) {
-	forEachToken(connection, func(name []byte) { h.DelBytes(name) })
+// removeHopByHop strips hop-by-hop headers, including those named by the
+// Connection lines of the backend's response (from), from a relayed
+// response h. One pass over the header names finds which are there, so
+// that only those are deleted (a delete normalises the name and scans
+// every header).
+func removeHopByHop(h, from *fasthttp.ResponseHeader) {
+	// A keep-alive response usually has no Connection line at all.
+	if first := from.PeekCanonical(headerConnection); len(first) > 0 {
+		if hasTrailers(from) { // All would allocate the joined Trailer value
+			forEachToken(first, func(name []byte) { h.DelBytes(name) })
+		} else {
+			forEachConnectionToken(from.All(), func(name []byte) { h.DelBytes(name) })
+		}
+	}
 	present := allHeaders
-	if !hasTrailers(h) { // All would allocate the joined Trailer value
+	if !hasTrailers(h) {
 		present = 0
 		for k := range h.All() {
 			present |= classifyHeader(k)
@@ -120,6 +134,16 @@ func removeHopByHop(h *fasthttp.ResponseHeader, connection []byte) {
 	for i, name := range hopByHop {
 		if present&(1<<i) != 0 {
 			h.Del(name)
+		}
+	}
+}
+
+// forEachConnectionToken calls fn for each token of every Connection line
+// among headers (but close and keep-alive: forEachToken).
+func forEachConnectionToken(headers iter.Seq2[[]byte, []byte], fn func([]byte)) {
+	for k, v := range headers {
+		if bytes.Equal(k, headerConnection) {
+			forEachToken(v, fn)
 		}
 	}
 }

@@ -76,7 +76,7 @@ func (p *Proxy) tunnel(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, trial b
 	if status != fasthttp.StatusSwitchingProtocols {
 		// The backend refused the upgrade: relay its answer and body.
 		h.ResetConnectionClose()
-		removeHopByHop(h, resp.Header.PeekCanonical(headerConnection))
+		removeHopByHop(h, &resp.Header)
 		resp.SkipBody = false
 		body := make([]byte, 0, 512)
 		if cl := resp.Header.ContentLength(); cl > 0 && cl <= 1<<20 {
