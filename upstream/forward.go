@@ -138,10 +138,7 @@ func (p *Proxy) forwardTo(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, tria
 // backend's response: its headers without the hop-by-hop ones, and the
 // route's own headers (or, for a maintenance page, X-Maintenance-Mode).
 func relayResponseHeaders(h *fasthttp.ResponseHeader, resp *fasthttp.Response, cfg *Config, maintenance bool) {
-	resp.Header.CopyTo(h)
-	// CopyTo resets this, and fasthttp would then add a text/plain
-	// Content-Type to a response that had none.
-	h.SetNoDefaultContentType(true)
+	copyBackendHeader(h, &resp.Header)
 	h.SetProtocol(protocolHTTP11) // the client speaks to us, not to the backend
 	h.ResetConnectionClose()
 	removeHopByHop(h, &resp.Header)

@@ -117,15 +117,11 @@ func removeHopByHopRequest(h, in *fasthttp.RequestHeader, present headerSet) {
 // every header).
 func removeHopByHop(h, from *fasthttp.ResponseHeader) {
 	// A keep-alive response usually has no Connection line at all.
-	if first := from.PeekCanonical(headerConnection); len(first) > 0 {
-		if hasTrailers(from) { // All would allocate the joined Trailer value
-			forEachToken(first, func(name []byte) { h.DelBytes(name) })
-		} else {
-			forEachConnectionToken(from.All(), func(name []byte) { h.DelBytes(name) })
-		}
+	if len(from.PeekCanonical(headerConnection)) > 0 {
+		forEachConnectionToken(from.All(), func(name []byte) { h.DelBytes(name) })
 	}
 	present := allHeaders
-	if !hasTrailers(h) {
+	if !hasTrailers(h) { // All would allocate the joined Trailer value
 		present = 0
 		for k := range h.All() {
 			present |= classifyHeader(k)
@@ -136,6 +132,14 @@ func removeHopByHop(h, from *fasthttp.ResponseHeader) {
 			h.Del(name)
 		}
 	}
+}
+
+// copyBackendHeader copies a backend's response header to the client's.
+// CopyTo resets NoDefaultContentType, and fasthttp would then add a
+// text/plain Content-Type to a response that had none.
+func copyBackendHeader(h, from *fasthttp.ResponseHeader) {
+	from.CopyTo(h)
+	h.SetNoDefaultContentType(true)
 }
 
 // forEachConnectionToken calls fn for each token of every Connection line

@@ -165,9 +165,6 @@ func (x *exchange) readHeader(req *fasthttp.Request, resp *fasthttp.Response) er
 	default:
 		x.untilEOF = true
 	}
-	if x.done {
-		x.checkTail()
-	}
 	x.conn.bodyPhase = true
 	return nil
 }
@@ -188,19 +185,7 @@ func (x *exchange) takeBuffered() ([]byte, bool) {
 	}
 	_, _ = x.br.Discard(len(body))
 	x.remaining, x.done = 0, true
-	x.checkTail()
 	return body, true
-}
-
-// checkTail marks the connection broken when bytes follow a complete
-// response in the read buffer: the backend sent more than its
-// Content-Length, and reusing the connection would read the rest as the
-// next request's response. Bytes still in the socket are not seen (that
-// would cost a system call per response).
-func (x *exchange) checkTail() {
-	if x.br.Buffered() > 0 {
-		x.broken = true
-	}
 }
 
 // Read reads the response body, undoing chunked framing.
@@ -257,7 +242,6 @@ func (x *exchange) Read(p []byte) (int, error) {
 			}
 		} else {
 			x.done = true
-			x.checkTail()
 		}
 	}
 	return n, nil
@@ -316,7 +300,11 @@ func (x *exchange) finish(resp *fasthttp.Response) {
 	if x.cc == nil {
 		return
 	}
-	if x.done && !x.broken && !resp.ConnectionClose() {
+	// Bytes left in the read buffer after a complete response mean the
+	// backend sent more than it framed: reusing the connection would read
+	// them as the next request's response. (Bytes still in the socket are
+	// not seen; that would cost a system call per response.)
+	if x.done && !x.broken && !resp.ConnectionClose() && x.br.Buffered() == 0 {
 		x.conn.bodyPhase = false
 		if x.conn.idle <= 0 {
 			// With an idle bound every write sets its own deadline and

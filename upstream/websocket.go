@@ -67,8 +67,7 @@ func (p *Proxy) tunnel(ctx *fasthttp.RequestCtx, m *Member, cfg *Config, trial b
 	status := resp.StatusCode()
 	m.Breaker.Done(trial, status != 502 && status != 503 && status != 504, time.Now().UnixNano())
 	h := &ctx.Response.Header
-	resp.Header.CopyTo(h)
-	h.SetNoDefaultContentType(true) // as relayResponseHeaders
+	copyBackendHeader(h, &resp.Header)
 	for i := range cfg.Headers {
 		h.SetCanonical(cfg.Headers[i].Name, cfg.Headers[i].Value)
 	}
