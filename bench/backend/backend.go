@@ -84,15 +84,17 @@ func serveWebSocket(ctx *fasthttp.RequestCtx) {
 	ctx.Hijack(func(c net.Conn) { _ = ws.Echo(c) })
 }
 
-// ServeLoopback serves the backend on a free loopback port until shutdown.
-func ServeLoopback() (addr string, shutdown func() error, err error) {
+// ServeLoopback serves the backend on a free loopback port and registers
+// its shutdown with cleanup (a test's t.Cleanup).
+func ServeLoopback(cleanup func(func())) (addr string, err error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return "", nil, err
+		return "", err
 	}
 	srv := NewServer()
 	go func() { _ = srv.Serve(ln) }()
-	return ln.Addr().String(), srv.Shutdown, nil
+	cleanup(func() { _ = srv.Shutdown() })
+	return ln.Addr().String(), nil
 }
 
 // NewServer returns the backend's fasthttp server.

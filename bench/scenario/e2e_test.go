@@ -106,10 +106,9 @@ func buildGoProxy(t *testing.T, dir string) string {
 // startTestBackend serves the bundled backend on loopback until the test ends.
 func startTestBackend(t *testing.T) string {
 	t.Helper()
-	addr, shutdown, err := backend.ServeLoopback()
+	addr, err := backend.ServeLoopback(t.Cleanup)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = shutdown() })
 	return addr
 }

@@ -13,12 +13,11 @@ import (
 
 // InstructionOptions are the settings of an instruction count.
 type InstructionOptions struct {
-	Duration  time.Duration // measured window; under callgrind a few thousand requests a second
-	Warmup    time.Duration
-	Conns     int // connections of the load generator; DefaultInstructionConns when 0
-	Backend   string
-	Dir       string
-	Callgrind *target.Callgrind
+	Duration time.Duration // measured window; under callgrind a few thousand requests a second
+	Warmup   time.Duration
+	Conns    int // connections of the load generator; DefaultInstructionConns when 0
+	Backend  string
+	Dir      string
 }
 
 // DefaultInstructionConns keeps the process under callgrind busy without
@@ -38,9 +37,6 @@ func CountInstructions(ctx context.Context, s Scenario, t target.Target, round i
 	if s.WebSocket || s.Churn {
 		return fail(errors.New("not counted: the scenario's cost is not per request"))
 	}
-	if opt.Callgrind == nil {
-		opt.Callgrind = &target.Callgrind{}
-	}
 	conns := opt.Conns
 	if conns <= 0 {
 		conns = DefaultInstructionConns
@@ -48,7 +44,7 @@ func CountInstructions(ctx context.Context, s Scenario, t target.Target, round i
 	domains := s.Domains()
 	inst, err := t.Start(ctx, target.Setup{
 		Backend: opt.Backend, Domains: domains, Features: s.Features, ProbePath: s.probePath(),
-		Dir: opt.Dir, Callgrind: opt.Callgrind,
+		Dir: opt.Dir, Callgrind: true,
 	})
 	if err != nil {
 		return fail(err)

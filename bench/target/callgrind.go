@@ -13,34 +13,26 @@ import (
 	"time"
 )
 
-// Callgrind is how a target's process runs when its user-space
-// instructions are counted: under valgrind's callgrind, on one thread
-// (valgrind runs a process's threads one at a time anyway), with
-// instrumentation off until the measured window opens. The count per
-// request is a figure the machine's noise does not move, unlike time.
-type Callgrind struct {
-	Valgrind string // valgrind binary; "valgrind" when empty
-	Control  string // callgrind_control binary; "callgrind_control" when empty
-}
+// A target whose user-space instructions are counted (Setup.Callgrind)
+// runs under valgrind's callgrind, on one thread (valgrind runs a
+// process's threads one at a time anyway), with instrumentation off until
+// the measured window opens. The count per request is a figure the
+// machine's noise does not move, unlike time.
 
 // CallgrindAvailable reports whether valgrind and callgrind_control are
 // installed.
 func CallgrindAvailable() bool { return Installed("valgrind") && Installed("callgrind_control") }
 
-// wrap returns the command that runs name with args under callgrind,
-// writing its counts to out.
-func (c *Callgrind) wrap(name string, args []string, out string) (string, []string) {
-	bin := c.Valgrind
-	if bin == "" {
-		bin = "valgrind"
-	}
-	return bin, append([]string{"--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=" + out, name}, args...)
+// underCallgrind returns the command that runs name with args under
+// callgrind, writing its counts to out.
+func underCallgrind(name string, args []string, out string) (string, []string) {
+	return "valgrind", append([]string{"--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=" + out, name}, args...)
 }
 
 // startLimit stretches a start-up bound for a process under valgrind,
 // which starts it tens of times slower.
 func startLimit(s Setup, d time.Duration) time.Duration {
-	if s.Callgrind != nil {
+	if s.Callgrind {
 		return 6 * d
 	}
 	return d
@@ -49,17 +41,8 @@ func startLimit(s Setup, d time.Duration) time.Duration {
 // Counter counts the user-space instructions of one target process that
 // runs under callgrind.
 type Counter struct {
-	control string
-	pid     int
-	out     string
-}
-
-func newCounter(c *Callgrind, pid int, out string) *Counter {
-	control := c.Control
-	if control == "" {
-		control = "callgrind_control"
-	}
-	return &Counter{control: control, pid: pid, out: out}
+	pid int
+	out string
 }
 
 // On starts counting. Call it while the process is busy: valgrind takes
@@ -89,7 +72,7 @@ func (c *Counter) Total(ctx context.Context, wake func()) (uint64, error) {
 func (c *Counter) command(ctx context.Context, wake func(), args ...string) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, c.control, append(args, strconv.Itoa(c.pid))...)
+	cmd := exec.CommandContext(ctx, "callgrind_control", append(args, strconv.Itoa(c.pid))...)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -103,7 +86,7 @@ func (c *Counter) command(ctx context.Context, wake func(), args ...string) erro
 		select {
 		case err := <-done:
 			if err != nil {
-				return fmt.Errorf("%s %s: %v: %s", c.control, strings.Join(args, " "), err, strings.TrimSpace(out.String()))
+				return fmt.Errorf("callgrind_control %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(out.String()))
 			}
 			return nil
 		case <-tick.C:

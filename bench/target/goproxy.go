@@ -85,7 +85,7 @@ func (g *GoProxy) start(ctx context.Context, s Setup) (*Instance, error) {
 	// The proxy runs with its defaults: PROXY_* variables of the caller's
 	// environment (access log, state file, …) are not passed on.
 	env := g.Env
-	if s.Callgrind != nil {
+	if s.Callgrind {
 		// One processor, as valgrind runs one thread at a time; no
 		// asynchronous preemption signals, which valgrind handles slowly.
 		env = append([]string{"GOMAXPROCS=1", "GODEBUG=asyncpreemptoff=1"}, env...)

@@ -78,7 +78,7 @@ func (h HAProxy) Start(ctx context.Context, s Setup) (*Instance, error) {
 	}
 	cfg := filepath.Join(dir, "haproxy.cfg")
 	threads := 2
-	if s.Callgrind != nil {
+	if s.Callgrind {
 		threads = 1
 	}
 	if err := os.WriteFile(cfg, []byte(HAProxyConfig(listen, hosts, s.Backend, s.Features, threads)), 0o644); err != nil {
@@ -195,7 +195,7 @@ func (ng Nginx) Start(ctx context.Context, s Setup) (*Instance, error) {
 		return nil, err
 	}
 	cfg := filepath.Join(dir, "nginx.conf")
-	if err := os.WriteFile(cfg, []byte(NginxConfig(listen, hosts, s.Backend, dir, len(domains), s.Callgrind != nil)), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(NginxConfig(listen, hosts, s.Backend, dir, len(domains), s.Callgrind)), 0o644); err != nil {
 		return nil, err
 	}
 	p, counter, err := startTargetProc(s, bin, []string{"-p", dir, "-c", cfg, "-e", filepath.Join(dir, "error.log")}, dir, "nginx.log", nil, nil)

@@ -36,9 +36,9 @@ type Setup struct {
 	WebSocket bool     // allow WebSocket upgrades
 	ProbePath string   // a GET path that answers 200 once the target serves
 	Dir       string   // scratch directory for configurations and logs
-	// Callgrind, when set, runs the target's process under callgrind on
-	// one thread, to count its instructions (Instance.Counter).
-	Callgrind *Callgrind
+	// Callgrind runs the target's process under callgrind on one thread,
+	// to count its instructions (Instance.Counter).
+	Callgrind bool
 }
 
 // Target is something the suite can send load to.
@@ -113,17 +113,17 @@ type proc struct {
 // startTargetProc starts a target's process, under callgrind when the
 // setup asks for it (then with the Counter of its instructions).
 func startTargetProc(s Setup, name string, args []string, dir, logName string, drop func(string) bool, extra []string) (*proc, *Counter, error) {
-	if s.Callgrind == nil {
+	if !s.Callgrind {
 		p, err := startProcEnv(name, args, dir, logName, drop, extra)
 		return p, nil, err
 	}
 	out := filepath.Join(dir, strings.TrimSuffix(logName, ".log")+".callgrind")
-	name, args = s.Callgrind.wrap(name, args, out)
+	name, args = underCallgrind(name, args, out)
 	p, err := startProcEnv(name, args, dir, logName, drop, extra)
 	if err != nil {
 		return nil, nil, err
 	}
-	return p, newCounter(s.Callgrind, p.pid(), out), nil
+	return p, &Counter{pid: p.pid(), out: out}, nil
 }
 
 // startProcEnv starts a child process in dir, logging to logName, with the

@@ -14,11 +14,10 @@ import (
 
 func startBackend(t *testing.T) string {
 	t.Helper()
-	addr, shutdown, err := backend.ServeLoopback()
+	addr, err := backend.ServeLoopback(t.Cleanup)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = shutdown() })
 	return addr
 }
 
