@@ -231,10 +231,20 @@ type sidecar struct {
 	sid        string
 	registered bool // the last REGISTER completed with CONFIG_APPLY: RECONNECT can resume it
 
-	conn  net.Conn
-	lines chan string
-	rerr  chan error
-	done  chan struct{} // closed with conn: stops its reader
+	conn net.Conn
+	// in carries the connection's lines and then the error that ended it,
+	// in the order read: a reply sent just before the registry closed
+	// (SHUTDOWN_OK) is never overtaken by the close.
+	in   chan received
+	lost error         // the error taken from in, once the connection ended
+	done chan struct{} // closed with conn: stops its reader
+}
+
+// received is one line from the registry, or the read error that ended
+// the connection.
+type received struct {
+	line string
+	err  error
 }
 
 func newSidecar(cfg *sidecarConfig, log *slog.Logger) *sidecar {
@@ -281,10 +291,12 @@ func (s *sidecar) session(ctx context.Context) (established bool, err error) {
 		select {
 		case <-ctx.Done():
 			return true, nil
-		case err := <-s.rerr:
-			return true, err
-		case line := <-s.lines:
-			s.log.Debug("ignoring unsolicited line", "line", line)
+		case r := <-s.in:
+			if r.err != nil {
+				s.lost = r.err
+				return true, r.err
+			}
+			s.log.Debug("ignoring unsolicited line", "line", r.line)
 		case <-t.C:
 			if err := s.expect("PING|"+s.sid, "PONG"); err != nil {
 				return true, err
@@ -299,26 +311,23 @@ func (s *sidecar) connect(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.conn = conn
-	lines, rerr, done := make(chan string, 16), make(chan error, 1), make(chan struct{})
-	s.lines, s.rerr, s.done = lines, rerr, done
+	s.conn, s.lost = conn, nil
+	in, done := make(chan received, 16), make(chan struct{})
+	s.in, s.done = in, done
 	go func() {
 		rd := bufio.NewReaderSize(conn, 64<<10)
 		for {
 			line, err := rd.ReadString('\n')
-			if err != nil {
-				if err == io.EOF {
-					err = errors.New("registry closed the connection")
-				}
-				select {
-				case rerr <- err:
-				case <-done:
-				}
-				return
+			r := received{line: strings.TrimRight(line, "\r\n"), err: err}
+			if err == io.EOF {
+				r.err = errors.New("registry closed the connection")
 			}
 			select {
-			case lines <- strings.TrimRight(line, "\r\n"):
+			case in <- r:
 			case <-done:
+				return
+			}
+			if err != nil {
 				return
 			}
 		}
@@ -336,27 +345,33 @@ func (s *sidecar) closeConn() {
 
 // do sends one request line and returns its reply, skipping event lines.
 func (s *sidecar) do(line string) (string, error) {
+	if s.lost != nil {
+		return "", s.lost
+	}
 	_ = s.conn.SetWriteDeadline(time.Now().Add(s.cfg.ReplyTimeout))
 	if _, err := io.WriteString(s.conn, line+"\n"); err != nil {
 		return "", err
 	}
+	return s.reply(strings.SplitN(line, "|", 2)[0])
+}
+
+// reply waits for the next line that is not an event.
+func (s *sidecar) reply(command string) (string, error) {
 	timeout := time.NewTimer(s.cfg.ReplyTimeout)
 	defer timeout.Stop()
 	for {
 		select {
-		case reply := <-s.lines:
-			if strings.HasPrefix(reply, "EVENT|") {
+		case r := <-s.in:
+			if r.err != nil {
+				s.lost = r.err
+				return "", r.err
+			}
+			if strings.HasPrefix(r.line, "EVENT|") {
 				continue
 			}
-			return reply, nil
-		case err := <-s.rerr:
-			select {
-			case s.rerr <- err: // the session loop sees it too
-			default:
-			}
-			return "", err
+			return r.line, nil
 		case <-timeout.C:
-			return "", fmt.Errorf("no reply to %s within %s", strings.SplitN(line, "|", 2)[0], s.cfg.ReplyTimeout)
+			return "", fmt.Errorf("no reply to %s within %s", command, s.cfg.ReplyTimeout)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -345,5 +346,37 @@ func TestSidecarBinarySIGTERM(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "session shut down") {
 		t.Fatalf("sidecar log:\n%s", out)
+	}
+}
+
+// The registry answers CLIENT_SHUTDOWN and closes at once, so the reply and
+// the end of the connection can both be waiting when the sidecar looks:
+// the reply must win every time, not at random.
+func TestSidecarReplyBeforeClose(t *testing.T) {
+	backend := newProbedBackend(t)
+	p := startProxy(t, "-session-grace", "60s")
+	for i := range 20 {
+		cfg, err := parseSidecarEnv(sidecarEnv(p.ls.Registry.String(), backend.port, map[string]string{"HEALTH_PATH": ""}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := newSidecar(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err := s.connect(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.register(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(s.conn, "CLIENT_SHUTDOWN|"+s.sid+"\n"); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 5*time.Second, "reply and close both read", func() bool { return len(s.in) == 2 })
+		if reply, err := s.reply("CLIENT_SHUTDOWN"); reply != "SHUTDOWN_OK" || err != nil {
+			t.Fatalf("round %d: reply %q, %v", i, reply, err)
+		}
+		if _, err := s.reply("-"); err == nil || s.lost == nil {
+			t.Fatalf("round %d: the close after the reply was lost", i)
+		}
+		s.closeConn()
 	}
 }
