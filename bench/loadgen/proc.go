@@ -138,3 +138,53 @@ func TreeRSS(pid int) (int64, error) {
 	}
 	return total, nil
 }
+
+// MachineCPU is the machine's CPU time, summed over its CPUs, from the
+// first line of /proc/stat, in clock ticks.
+type MachineCPU struct {
+	Idle  uint64 // idle and iowait: no task wanted the CPU
+	Total uint64 // every state, steal included
+}
+
+// ReadMachineCPU reads the machine's CPU time.
+func ReadMachineCPU() (MachineCPU, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return MachineCPU{}, err
+	}
+	return parseMachineCPU(string(b))
+}
+
+// parseMachineCPU parses the "cpu" line: user nice system idle iowait irq
+// softirq steal, then guest time, which user and nice already hold.
+func parseMachineCPU(s string) (MachineCPU, error) {
+	line, _, _ := strings.Cut(s, "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return MachineCPU{}, fmt.Errorf("proc stat: no cpu line")
+	}
+	var m MachineCPU
+	for i, v := range f[1:9] {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return MachineCPU{}, fmt.Errorf("proc stat: bad number %q", v)
+		}
+		m.Total += n
+		if i == 3 || i == 4 {
+			m.Idle += n
+		}
+	}
+	return m, nil
+}
+
+// IdleShare is the share of the machine's CPU time between a and b that no
+// task used. With the generator, the target and the backend on the same
+// CPUs and requests always in flight, CPU left idle is time a runnable
+// thread waited on a busy CPU while another one stood idle: a loss of
+// throughput that CPU per request does not show.
+func IdleShare(a, b MachineCPU) float64 {
+	if b.Total <= a.Total || b.Idle < a.Idle {
+		return 0
+	}
+	return float64(b.Idle-a.Idle) / float64(b.Total-a.Total)
+}

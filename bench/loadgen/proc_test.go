@@ -47,3 +47,43 @@ func TestTreeCPUCountsChildren(t *testing.T) {
 		t.Fatalf("self %v %v", self, err)
 	}
 }
+
+func TestMachineCPU(t *testing.T) {
+	m, err := parseMachineCPU("cpu  100 5 50 800 20 3 7 15 9 0\ncpu0 50 2 25 400 10 1 3 7 4 0\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Idle != 820 || m.Total != 1000 {
+		t.Fatalf("%+v", m)
+	}
+	for _, bad := range []string{"", "cpu0 1 2 3 4 5 6 7 8", "cpu 1 2 3 x 5 6 7 8", "cpu 1 2 3"} {
+		if _, err := parseMachineCPU(bad); err == nil {
+			t.Fatalf("accepted %q", bad)
+		}
+	}
+	if got := IdleShare(MachineCPU{Idle: 100, Total: 1000}, MachineCPU{Idle: 150, Total: 1200}); got != 0.25 {
+		t.Fatalf("IdleShare %v", got)
+	}
+	if got := IdleShare(m, m); got != 0 {
+		t.Fatalf("IdleShare of no time %v", got)
+	}
+
+	// The real machine: a busy loop on one goroutine for 300 ms leaves at
+	// most all but one CPU idle, and the counters move.
+	a, err := ReadMachineCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(300 * time.Millisecond); time.Now().Before(end); {
+	}
+	b, err := ReadMachineCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Total <= a.Total {
+		t.Fatalf("machine CPU did not move: %+v → %+v", a, b)
+	}
+	if share := IdleShare(a, b); share < 0 || share >= 1 {
+		t.Fatalf("idle share %v with a CPU busy", share)
+	}
+}

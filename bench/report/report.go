@@ -39,8 +39,11 @@ type Run struct {
 	CPUPerReqUS float64 `json:"cpu_us_per_request,omitempty"`
 	// GenCPUPerReqUS is the load generator's own CPU per request.
 	GenCPUPerReqUS float64 `json:"generator_cpu_us_per_request,omitempty"`
-	SetupSeconds   float64 `json:"setup_seconds"`
-	RSSMiB         float64 `json:"rss_mib,omitempty"` // the process tree's resident memory at the end
+	// MachineIdle is the share of the machine's CPU time left idle during
+	// the window (loadgen.IdleShare).
+	MachineIdle  float64 `json:"machine_idle"`
+	SetupSeconds float64 `json:"setup_seconds"`
+	RSSMiB       float64 `json:"rss_mib,omitempty"` // the process tree's resident memory at the end
 	// PrimeSeconds is how long one request to every route of a large
 	// table took before the warm-up (first requests are not measured).
 	PrimeSeconds float64        `json:"prime_seconds,omitempty"`
@@ -63,6 +66,8 @@ type Summary struct {
 	Latency     Latency `json:"latency"`
 	Errors      uint64  `json:"errors"`
 	CPUPerReqUS float64 `json:"cpu_us_per_request,omitempty"`
+	// MachineIdle is the median share of the machine's CPU left idle.
+	MachineIdle float64 `json:"machine_idle"`
 	// VsDirect is this target's throughput over the direct-to-backend
 	// throughput, paired by round.
 	VsDirect *Ratio `json:"vs_direct,omitempty"`
@@ -192,6 +197,7 @@ func Summarize(runs []Run, targets []string, kinds map[string]string) []Summary 
 			}
 		}
 		s.CPUPerReqUS = Median(cpu)
+		s.MachineIdle = Median(series(t, func(r Run) float64 { return r.MachineIdle }))
 		if direct != "" && t != direct {
 			num, den := paired(t, direct)
 			if len(num) > 0 {

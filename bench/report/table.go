@@ -73,7 +73,7 @@ func FormatPercent(x float64) string { return fmt.Sprintf("%+.1f%%", 100*x) }
 
 // WriteTable writes every scenario's summaries as one aligned table.
 func WriteTable(w io.Writer, scenarios []*Scenario) error {
-	rows := [][]string{{"scenario", "target", "driver", "req/s", "±", "vs direct", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "errors", "CPU µs/req"}}
+	rows := [][]string{{"scenario", "target", "driver", "req/s", "±", "vs direct", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "errors", "CPU µs/req", "idle %"}}
 	for _, sc := range scenarios {
 		for _, s := range sc.Summaries {
 			ratio := "-"
@@ -91,7 +91,8 @@ func WriteTable(w io.Writer, scenarios []*Scenario) error {
 			rows = append(rows, []string{sc.Name, s.Target, s.Driver, FormatRPS(s.RPS),
 				fmt.Sprintf("%.1f%%", 100*s.RPSSpread), ratio,
 				FormatLatency(s.Latency.P50), FormatLatency(s.Latency.P90),
-				FormatLatency(s.Latency.P99), FormatLatency(s.Latency.P999), errs, cpu})
+				FormatLatency(s.Latency.P99), FormatLatency(s.Latency.P999), errs, cpu,
+				fmt.Sprintf("%.1f", 100*s.MachineIdle)})
 		}
 	}
 	return renderTable(w, rows, 3)

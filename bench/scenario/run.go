@@ -113,6 +113,7 @@ func progressLine(s Scenario, r report.Run, rounds int) string {
 	if r.RSSMiB > 0 {
 		cpu += fmt.Sprintf(", RSS %.0f MiB", r.RSSMiB)
 	}
+	cpu += fmt.Sprintf(", machine idle %.0f%%", 100*r.MachineIdle)
 	setup := fmt.Sprintf("setup %.1fs", r.SetupSeconds)
 	if r.PrimeSeconds > 0 {
 		setup += fmt.Sprintf(", priming %.1fs", r.PrimeSeconds)
@@ -162,7 +163,15 @@ func runOne(ctx context.Context, s Scenario, t target.Target, round int, domains
 	}
 	var cpu0, cpu1 time.Duration
 	var cpuErr error
+	var machine0 loadgen.MachineCPU
 	onMeasure := func(begin bool) {
+		if m, err := loadgen.ReadMachineCPU(); err == nil {
+			if begin {
+				machine0 = m
+			} else {
+				r.MachineIdle = loadgen.IdleShare(machine0, m)
+			}
+		}
 		if inst.PID == 0 {
 			return
 		}
