@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
+	"net/http/pprof"
 	"runtime"
 	"strconv"
 	"strings"
@@ -52,7 +53,7 @@ type adminServer struct {
 
 // adminPaths are the paths counted in goproxy_admin_requests_total; any
 // other path counts as "other" so that the label stays bounded.
-var adminPaths = []string{"/", "/metrics", "/healthz", "/readyz", "/api/routes", "/api/sessions", "/api/backends", "/api/stats", "/app.js", "/style.css"}
+var adminPaths = []string{"/", "/metrics", "/healthz", "/readyz", "/api/routes", "/api/sessions", "/api/backends", "/api/stats", "/app.js", "/style.css", "/debug/pprof/"}
 
 func newAdmin(a *adminServer) http.Handler {
 	if a.started.IsZero() {
@@ -94,6 +95,13 @@ func newAdmin(a *adminServer) http.Handler {
 	mux.HandleFunc("/api/sessions", a.serveSessions)
 	mux.HandleFunc("/api/backends", a.serveBackends)
 	mux.HandleFunc("/api/stats", a.serveStats)
+	// Go's profiler, for a profile of the live proxy (and the build's
+	// default.pgo): behind the token like everything else here.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSONStatus(w, http.StatusNotFound, map[string]string{"error": "not found"})
 	})
@@ -144,6 +152,9 @@ func adminPathLabel(p string) string {
 		if p == known {
 			return p
 		}
+	}
+	if strings.HasPrefix(p, "/debug/pprof/") {
+		return "/debug/pprof/"
 	}
 	return "other"
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -470,7 +471,7 @@ func TestAdminAPIAndToken(t *testing.T) {
 			t.Errorf("%s without token: %d", path, code)
 		}
 	}
-	for _, path := range []string{"/", "/metrics", "/api/routes", "/api/sessions", "/api/backends", "/api/stats", "/app.js"} {
+	for _, path := range []string{"/", "/metrics", "/api/routes", "/api/sessions", "/api/backends", "/api/stats", "/app.js", "/debug/pprof/", "/debug/pprof/heap"} {
 		code, h, body := p.admin("GET", path, "")
 		if code != 401 || !strings.HasPrefix(h.Get("WWW-Authenticate"), "Bearer") || !strings.Contains(body, "unauthorized") {
 			t.Errorf("%s without token: %d %q", path, code, body)
@@ -809,5 +810,32 @@ func TestConfigObservabilityFlags(t *testing.T) {
 		if !strings.Contains(help.String(), strings.TrimSpace(s)) {
 			t.Errorf("-h does not document %s", s)
 		}
+	}
+}
+
+// The live proxy's CPU profile (what default.pgo is made from) and the
+// profiler's index, counted under one bounded label.
+func TestAdminProfile(t *testing.T) {
+	p := startObs(t)
+	code, _, body := p.admin("GET", "/debug/pprof/profile?seconds=1", "")
+	if code != 200 || len(body) < 2 || body[0] != 0x1f || body[1] != 0x8b {
+		t.Fatalf("profile: %d, %d bytes", code, len(body))
+	}
+	zr, err := gzip.NewReader(strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if raw, err := io.ReadAll(zr); err != nil || len(raw) == 0 {
+		t.Fatalf("profile does not decompress: %v", err)
+	}
+	if code, _, body := p.admin("GET", "/debug/pprof/", ""); code != 200 || !strings.Contains(body, "goroutine") {
+		t.Fatalf("index: %d", code)
+	}
+	if code, _, body := p.admin("GET", "/debug/pprof/goroutine?debug=1", ""); code != 200 || !strings.Contains(body, "goroutine profile") {
+		t.Fatalf("goroutines: %d %.80q", code, body)
+	}
+	_, _, metrics := p.admin("GET", "/metrics", "")
+	if !strings.Contains(metrics, `goproxy_admin_requests_total{path="/debug/pprof/"} 3`) {
+		t.Fatalf("pprof requests not counted under one label:\n%s", metrics)
 	}
 }
