@@ -33,6 +33,10 @@ type Options struct {
 	Dir        string    // scratch directory
 	Progress   io.Writer // one line per run; nil: quiet
 	Pause      time.Duration
+	// OnWindow, when set, is called as each run's measured window opens
+	// and after it closes (gpbench profile takes the proxy's CPU profile
+	// across it).
+	OnWindow func(inst *target.Instance, begin bool)
 }
 
 // DefaultChurn is the registry churn of the churn scenario: 20 sessions a
@@ -165,6 +169,12 @@ func runOne(ctx context.Context, s Scenario, t target.Target, round int, domains
 	var cpuErr error
 	var machine0 loadgen.MachineCPU
 	onMeasure := func(begin bool) {
+		if opt.OnWindow != nil && begin {
+			opt.OnWindow(inst, true)
+		}
+		if opt.OnWindow != nil && !begin {
+			defer opt.OnWindow(inst, false)
+		}
 		if m, err := loadgen.ReadMachineCPU(); err == nil {
 			if begin {
 				machine0 = m

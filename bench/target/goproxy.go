@@ -148,7 +148,7 @@ func (g *GoProxy) start(ctx context.Context, s Setup) (*Instance, error) {
 			}
 		}
 	}()
-	in := &Instance{Addr: httpAddr, PID: p.pid(), Counter: counter}
+	in := &Instance{Addr: httpAddr, PID: p.pid(), Admin: adminAddr, Counter: counter}
 	in.stop = func() error {
 		close(keepStop)
 		keepWG.Wait()

@@ -58,8 +58,9 @@ type Activity struct {
 
 // Instance is a started target.
 type Instance struct {
-	Addr string // where the load goes
-	PID  int    // process tree whose CPU is measured; 0 for none
+	Addr  string // where the load goes
+	PID   int    // process tree whose CPU is measured; 0 for none
+	Admin string // go-proxy's admin server (metrics, profiler); "" for other targets
 	// Background starts the instance's activity during a run (statistics
 	// polling, registry churn) and returns the function that stops it.
 	Background func(ctx context.Context) (stop func() []Activity)

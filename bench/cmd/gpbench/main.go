@@ -4,6 +4,7 @@
 //	gpbench compare -base REF [flags]   the build of REF against the work tree, in alternation
 //	gpbench agree   [flags]             the Go load generator against wrk, in alternation
 //	gpbench instructions [flags]        user-space instructions per request (callgrind)
+//	gpbench profile [flags]             the CPU profile the build optimises for (default.pgo)
 //	gpbench list                        list the scenarios
 //	gpbench backend [-addr A]           run the bundled backend alone
 //
@@ -44,6 +45,8 @@ func usage(w io.Writer) {
   gpbench agree   [flags]            check that the Go load generator and wrk agree
   gpbench instructions [flags]       count user-space instructions per request (callgrind):
                                      go-proxy against haproxy/nginx, or -base REF against the work tree
+  gpbench profile [flags]            write go-proxy's CPU profile under the bench's load, merged over
+                                     the scenarios, as the build's cmd/go-proxy/default.pgo
   gpbench list                       list the scenarios
   gpbench backend [-addr ADDR]       run the bundled backend
 "gpbench run -h" lists the flags.`)
@@ -59,6 +62,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdSuite(args[0], args[1:], stdout, stderr)
 	case "instructions":
 		return cmdInstructions(args[1:], stdout, stderr)
+	case "profile":
+		return cmdProfile(args[1:], stdout, stderr)
 	case "list":
 		for _, s := range scenario.All() {
 			fmt.Fprintf(stdout, "%-14s %s\n", s.Name, s.Description)

@@ -149,3 +149,31 @@ func TestCompareEndToEnd(t *testing.T) {
 		t.Fatalf("worktree left behind:\n%s", wt)
 	}
 }
+
+// TestProfileEndToEnd takes go-proxy's CPU profile under two scenarios'
+// load and merges them, as make pgo does for default.pgo.
+func TestProfileEndToEnd(t *testing.T) {
+	gp, proxy := binaries(t)
+	out := filepath.Join(t.TempDir(), "default.pgo")
+	cmd := exec.Command(gp, "profile", "-proxy", proxy, "-scenarios", "get-13b,features-4kib", "-duration", "1s",
+		"-warmup", "300ms", "-driver", "loadgen", "-out", out)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("gpbench profile: %v\n%s", err, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "[get-13b] profiled 1s") || !strings.Contains(stderr.String(), "[features-4kib] profiled 1s") {
+		t.Fatalf("log:\n%s", stderr.String())
+	}
+	top, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=100000", out).CombinedOutput()
+	if err != nil {
+		t.Fatalf("the merged profile does not read: %v\n%s", err, top)
+	}
+	if !strings.Contains(string(top), "Type: cpu") || !strings.Contains(string(top), "go-proxy/upstream.") {
+		t.Fatalf("the merged profile has no samples of the proxy:\n%.2000s", top)
+	}
+	var errOut bytes.Buffer
+	if code := run([]string{"profile", "-duration", "10ms"}, &bytes.Buffer{}, &errOut); code != 2 {
+		t.Fatalf("sub-second duration: %d %s", code, errOut.String())
+	}
+}
