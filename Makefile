@@ -15,7 +15,7 @@ BENCH_OUT       ?= bin/bench-results.json
 BENCH_FLAGS     ?=
 THRESHOLD       ?= 0.05
 
-.PHONY: build run test fuzz bench bench-micro bench-suite bench-compare bench-agree bench-instructions bench-tool lint clean
+.PHONY: build run test fuzz bench bench-micro bench-suite bench-compare bench-agree bench-instructions bench-tool pgo lint clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/go-proxy
@@ -83,6 +83,13 @@ INSTR_THRESHOLD ?= 0.02
 bench-instructions: build bench-tool
 	./$(GPBENCH) instructions -proxy $(BIN) $(if $(BASE),-base $(BASE) -threshold $(INSTR_THRESHOLD)) \
 		-scenarios $(INSTR_SCENARIOS) -out bin/bench-instructions.json $(BENCH_FLAGS)
+
+# The CPU profile the go-proxy build optimises for: go build uses
+# cmd/go-proxy/default.pgo by itself (profile-guided optimisation). Taken
+# from the proxy under the bench's load; renew it after hot-path changes.
+PGO_SCENARIOS ?= features-13b,features-4kib,get-64kib,post-1mib,routes-1k
+pgo: build bench-tool
+	./$(GPBENCH) profile -proxy $(BIN) -scenarios $(PGO_SCENARIOS) -out cmd/go-proxy/default.pgo $(BENCH_FLAGS)
 
 # The Go load generator against wrk, in alternation.
 bench-agree: build bench-tool

@@ -67,7 +67,15 @@ func cmdProfile(args []string, _, stderr io.Writer) int {
 	}
 	defer removeDir()
 	bin := *proxy
-	if bin == "" {
+	if bin != "" {
+		if bin, err = filepath.Abs(bin); err == nil {
+			_, err = os.Stat(bin)
+		}
+		if err != nil {
+			log("%s: %v", name, err)
+			return 1
+		}
+	} else {
 		root, err := moduleRoot()
 		if err != nil {
 			log("%s: %v", name, err)
