@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -63,19 +62,7 @@ func cmdInstructions(args []string, stdout, stderr io.Writer) int {
 
 	root, rootErr := moduleRoot()
 	host := hostInfo()
-	newBin := *proxy
-	switch {
-	case newBin != "":
-		if newBin, err = filepath.Abs(newBin); err == nil {
-			_, err = os.Stat(newBin)
-		}
-	case rootErr != nil:
-		err = rootErr
-	default:
-		newBin = filepath.Join(dir, "new", "go-proxy")
-		log("building go-proxy from %s", root)
-		err = goBuild(ctx, root, newBin)
-	}
+	newBin, err := proxyBinary(ctx, *proxy, dir, log)
 	if err != nil {
 		log("%s: %v", name, err)
 		return 1

@@ -217,23 +217,13 @@ func cmdSuite(mode string, args []string, stdout, stderr io.Writer) int {
 	var targets []target.Target
 	var baseT, newT *target.GoProxy
 	host := hostInfo()
-	newBin := f.proxy
-	if newBin != "" {
-		if newBin, err = filepath.Abs(newBin); err != nil {
-			log("%s: %v", name, err)
-			return 1
-		}
-		if _, err := os.Stat(newBin); err != nil {
-			log("%s: -proxy: %v", name, err)
+	newBin, err := proxyBinary(ctx, f.proxy, dir, log)
+	if err != nil {
+		log("%s: %v", name, err)
+		if f.proxy != "" {
 			return 2
 		}
-	} else {
-		newBin = filepath.Join(dir, "new", "go-proxy")
-		log("building go-proxy from %s", root)
-		if err := goBuild(ctx, root, newBin); err != nil {
-			log("%s: %v", name, err)
-			return 1
-		}
+		return 1
 	}
 	host["go-proxy"] = gitDescribe(root)
 	if compare {
@@ -554,6 +544,29 @@ func moduleRoot() (string, error) {
 		return "", errors.New("not inside the go-proxy module: run from the repository or pass -proxy")
 	}
 	return filepath.Dir(mod), nil
+}
+
+// proxyBinary returns the go-proxy binary to measure: the -proxy flag's
+// file as an absolute path (the targets run in other directories), or else
+// the work tree built into dir/new.
+func proxyBinary(ctx context.Context, flag, dir string, log func(string, ...any)) (string, error) {
+	if flag != "" {
+		bin, err := filepath.Abs(flag)
+		if err == nil {
+			_, err = os.Stat(bin)
+		}
+		if err != nil {
+			return "", fmt.Errorf("-proxy: %w", err)
+		}
+		return bin, nil
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "new", "go-proxy")
+	log("building go-proxy from %s", root)
+	return bin, goBuild(ctx, root, bin)
 }
 
 func goBuild(ctx context.Context, dir, out string) error {

@@ -66,27 +66,10 @@ func cmdProfile(args []string, _, stderr io.Writer) int {
 		return 1
 	}
 	defer removeDir()
-	bin := *proxy
-	if bin != "" {
-		if bin, err = filepath.Abs(bin); err == nil {
-			_, err = os.Stat(bin)
-		}
-		if err != nil {
-			log("%s: %v", name, err)
-			return 1
-		}
-	} else {
-		root, err := moduleRoot()
-		if err != nil {
-			log("%s: %v", name, err)
-			return 1
-		}
-		bin = filepath.Join(dir, "go-proxy")
-		log("building go-proxy from %s", root)
-		if err := goBuild(ctx, root, bin); err != nil {
-			log("%s: %v", name, err)
-			return 1
-		}
+	bin, err := proxyBinary(ctx, *proxy, dir, log)
+	if err != nil {
+		log("%s: %v", name, err)
+		return 1
 	}
 
 	timeout := time.Duration(len(scens))*(*duration+*warmup+15*time.Second) + 2*time.Minute
