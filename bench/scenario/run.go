@@ -33,9 +33,12 @@ type Options struct {
 	Dir        string    // scratch directory
 	Progress   io.Writer // one line per run; nil: quiet
 	Pause      time.Duration
+	// Callgrind runs each target's process under callgrind
+	// (target.Setup.Callgrind; CountInstructions).
+	Callgrind bool
 	// OnWindow, when set, is called as each run's measured window opens
-	// and after it closes (gpbench profile takes the proxy's CPU profile
-	// across it).
+	// and after it closes, with the target still running (gpbench profile
+	// takes the proxy's CPU profile across it; CountInstructions counts).
 	OnWindow func(inst *target.Instance, begin bool)
 }
 
@@ -139,7 +142,7 @@ func runOne(ctx context.Context, s Scenario, t target.Target, round int, domains
 	r := report.Run{Scenario: s.Name, Target: t.Name(), Kind: t.Kind(), Round: round}
 	setup := target.Setup{
 		Backend: opt.Backend, Domains: domains, Features: s.Features, WebSocket: s.WebSocket,
-		ProbePath: s.probePath(), Dir: opt.Dir,
+		ProbePath: s.probePath(), Dir: opt.Dir, Callgrind: opt.Callgrind,
 	}
 	start := time.Now()
 	inst, err := t.Start(ctx, setup)
@@ -169,11 +172,12 @@ func runOne(ctx context.Context, s Scenario, t target.Target, round int, domains
 	var cpuErr error
 	var machine0 loadgen.MachineCPU
 	onMeasure := func(begin bool) {
-		if opt.OnWindow != nil && begin {
-			opt.OnWindow(inst, true)
-		}
-		if opt.OnWindow != nil && !begin {
-			defer opt.OnWindow(inst, false)
+		if opt.OnWindow != nil {
+			if begin {
+				opt.OnWindow(inst, true)
+			} else {
+				defer opt.OnWindow(inst, false)
+			}
 		}
 		if m, err := loadgen.ReadMachineCPU(); err == nil {
 			if begin {
