@@ -84,37 +84,3 @@ func TestBytesAfterResponseCloseBackendConnection(t *testing.T) {
 		})
 	}
 }
-
-// TestForwardingHeadersAnyCase: the client's forwarding headers are
-// replaced whatever their case and however often they come.
-func TestForwardingHeadersAnyCase(t *testing.T) {
-	h := newHarness(t, Settings{})
-	be := echoBackend(t)
-	h.route("app.test", "/", h.member(be.URL))
-	rc := h.dialRaw()
-	s := decodeSeen(t, rc.roundTrip(false, "GET / HTTP/1.1", "Host: app.test",
-		"x-forwarded-for: 6.6.6.6", "X-FORWARDED-FOR: 7.7.7.7", "x-real-ip: 6.6.6.6", "X-Real-IP: 7.7.7.7",
-		"x-forwarded-proto: https", "X-Forwarded-Proto: https", "X-FORWARDED-HOST: evil.test", "x-forwarded-host: evil.test"))
-	for name, want := range map[string]string{
-		"X-Forwarded-For": "127.0.0.1", "X-Real-Ip": "127.0.0.1", "X-Forwarded-Proto": "http", "X-Forwarded-Host": "app.test",
-	} {
-		if got := s.Header.Values(name); len(got) != 1 || got[0] != want {
-			t.Errorf("%s %q, want exactly [%q]", name, got, want)
-		}
-	}
-}
-
-// TestNoContentTypeInvented: a backend response without Content-Type is
-// relayed without one (fasthttp would otherwise add text/plain).
-func TestNoContentTypeInvented(t *testing.T) {
-	h := newHarness(t, Settings{})
-	url, _ := countingBackend(t, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
-	h.route("app.test", "/", h.member(url))
-	resp := h.dialRaw().roundTrip(false, "GET / HTTP/1.1", "Host: app.test")
-	if resp.Status != 200 || string(resp.Body) != "hello" {
-		t.Fatalf("%d %q", resp.Status, resp.Body)
-	}
-	if ct, ok := resp.Header["Content-Type"]; ok {
-		t.Errorf("Content-Type %q added to a response that had none", ct)
-	}
-}
