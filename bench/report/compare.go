@@ -8,14 +8,14 @@ type Change struct {
 	New      string  `json:"new"`
 	BaseRPS  float64 `json:"base_rps"`
 	NewRPS   float64 `json:"new_rps"`
-	// Change is the median of the per-round relative changes new/base-1.
+	// Change is the median of the per-round relative changes new/base-1,
+	// and Interval its confidence interval (MedianInterval): how far the
+	// noise leaves the change uncertain.
 	Change float64 `json:"change"`
-	// Noise is half the range of the per-round changes: how much the
-	// change itself moved from round to round.
-	Noise     float64 `json:"noise"`
+	Interval
 	Threshold float64 `json:"threshold"`
 	// Regression is set when throughput fell by more than the threshold
-	// beyond the noise: Change < -(Threshold + Noise).
+	// beyond the noise: the whole interval lies below -Threshold.
 	Regression bool    `json:"regression"`
 	BaseP99    float64 `json:"base_p99_us"`
 	NewP99     float64 `json:"new_p99_us"`
@@ -37,13 +37,13 @@ func Compare(scenario, baseName, newName string, base, new []float64, threshold 
 	c := Change{
 		Scenario: scenario, Base: baseName, New: newName,
 		BaseRPS: Median(positive(base)), NewRPS: Median(positive(new)),
-		Change: Median(changes), Noise: HalfRange(changes),
 		Threshold: threshold, Rounds: len(changes),
 	}
 	if len(changes) == 0 {
 		return c
 	}
-	c.Regression = c.Change < -(threshold + c.Noise)
+	c.Change, c.Interval = MedianInterval(changes)
+	c.Regression = c.Hi < -threshold
 	return c
 }
 

@@ -29,7 +29,7 @@ func TestPairedRatio(t *testing.T) {
 	proxy := []float64{50, 60, 40}
 	direct := []float64{100, 120, 100}
 	r := PairedRatio(proxy, direct)
-	if !near(r.Value, 0.5) || !near(r.Noise, 0.05) {
+	if !near(r.Value, 0.5) || !near(r.Lo, 0.4) || !near(r.Hi, 0.5) || !near(r.Confidence, 0.75) || r.String() != "0.50 [0.40, 0.50]" {
 		t.Fatalf("%+v", r)
 	}
 	if got := PairedRatios([]float64{1, 2}, []float64{0, 4}); len(got) != 1 || got[0] != 0.5 {
@@ -37,11 +37,47 @@ func TestPairedRatio(t *testing.T) {
 	}
 }
 
+// TestMedianInterval: below six rounds the interval is the rounds' range
+// with its own confidence; from six on it is benchstat's 95 % interval,
+// which, unlike the range, narrows as rounds are added.
+func TestMedianInterval(t *testing.T) {
+	if m, in := MedianInterval(nil); m != 0 || in != (Interval{}) {
+		t.Fatalf("none: %v %+v", m, in)
+	}
+	if m, in := MedianInterval([]float64{7}); m != 7 || in.Lo != 7 || in.Hi != 7 {
+		t.Fatalf("one: %v %+v", m, in)
+	}
+	xs := []float64{1.1, 0.9, 1.0}
+	m, in := MedianInterval(xs)
+	if m != 1.0 || in.Lo != 0.9 || in.Hi != 1.1 || !near(in.Confidence, 0.75) || xs[0] != 1.1 {
+		t.Fatalf("three: %v %+v (input %v)", m, in, xs)
+	}
+	// The same spread of values, eight and then twenty-four rounds.
+	spread := func(n int) []float64 {
+		out := make([]float64, n)
+		for i := range out {
+			out[i] = 0.9 + 0.2*float64(i%8)/7 // 0.9 … 1.1
+		}
+		return out
+	}
+	_, in8 := MedianInterval(spread(8))
+	_, in24 := MedianInterval(spread(24))
+	if in8.Confidence < IntervalConfidence || in24.Confidence < IntervalConfidence {
+		t.Fatalf("confidence below %v: %+v %+v", IntervalConfidence, in8, in24)
+	}
+	if !(in8.Lo <= 1 && 1 <= in8.Hi) || !(in24.Lo <= 1 && 1 <= in24.Hi) {
+		t.Fatalf("interval misses the median: %+v %+v", in8, in24)
+	}
+	if in24.Hi-in24.Lo >= in8.Hi-in8.Lo || in24.Hi-in24.Lo >= 0.2 {
+		t.Fatalf("more rounds did not narrow the interval: 8 rounds %+v, 24 rounds %+v", in8, in24)
+	}
+}
+
 func TestCompareVerdicts(t *testing.T) {
 	base := []float64{100, 102, 98}
 	// 10 % slower, steady: a regression at 5 %.
 	c := Compare("s", "base", "new", base, []float64{90, 91.8, 88.2}, 0.05)
-	if !near(c.Change, -0.1) || c.Noise > 1e-9 || !c.Regression || c.Rounds != 3 {
+	if !near(c.Change, -0.1) || c.Hi-c.Lo > 1e-9 || !c.Regression || c.Rounds != 3 {
 		t.Fatalf("steady 10%% drop: %+v", c)
 	}
 	// 4 % slower: within the threshold.
@@ -49,9 +85,9 @@ func TestCompareVerdicts(t *testing.T) {
 	if c.Regression {
 		t.Fatalf("4%% drop flagged: %+v", c)
 	}
-	// 8 % slower in the median but the rounds disagree by ±10 %: noise.
+	// 8 % slower in the median but one round was faster: noise.
 	c = Compare("s", "base", "new", []float64{100, 100, 100}, []float64{82, 92, 102}, 0.05)
-	if c.Regression || !near(c.Noise, 0.1) || !near(c.Change, -0.08) {
+	if c.Regression || !near(c.Lo, -0.18) || !near(c.Hi, 0.02) || !near(c.Change, -0.08) {
 		t.Fatalf("noisy drop flagged: %+v", c)
 	}
 	// Faster is never a regression.
@@ -120,7 +156,7 @@ func TestSummarize(t *testing.T) {
 		!near(g.MachineIdle, 0.11) {
 		t.Fatalf("go-proxy %+v", g)
 	}
-	if g.VsDirect == nil || !near(g.VsDirect.Value, 0.475) || !near(g.VsDirect.Noise, 0.025) {
+	if g.VsDirect == nil || !near(g.VsDirect.Value, 0.475) || !near(g.VsDirect.Lo, 0.45) || !near(g.VsDirect.Hi, 0.5) {
 		t.Fatalf("go-proxy ratio %+v", g.VsDirect)
 	}
 	if h.VsDirect == nil || !near(h.VsDirect.Value, 0.55) || h.CPUPerReqUS != 0 {
@@ -145,14 +181,14 @@ func TestTableAndJSON(t *testing.T) {
 	}
 	out := buf.String()
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 4 || !strings.HasPrefix(lines[0], "scenario") || !strings.Contains(lines[2], "0.47±0.02") ||
+	if len(lines) != 4 || !strings.HasPrefix(lines[0], "scenario") || !strings.Contains(lines[2], "0.47 [0.45, 0.50]") ||
 		!strings.Contains(lines[2], "1 (1 failed)") || !strings.Contains(lines[2], "10.5") ||
 		!strings.HasSuffix(lines[0], "idle %") || !strings.HasSuffix(lines[2], "11.0") {
 		t.Fatalf("table:\n%s", out)
 	}
 	buf.Reset()
 	_ = WriteChanges(&buf, []Change{Compare("get-13b", "base", "new", []float64{100, 100}, []float64{80, 80}, 0.05)})
-	if !strings.Contains(buf.String(), "REGRESSION") || !strings.Contains(buf.String(), "-20.0%") {
+	if !strings.Contains(buf.String(), "REGRESSION") || !strings.Contains(buf.String(), "-20.0%") || !strings.Contains(buf.String(), "[-20.0%, -20.0%] 50%") {
 		t.Fatalf("changes:\n%s", buf.String())
 	}
 	buf.Reset()

@@ -78,7 +78,7 @@ func WriteTable(w io.Writer, scenarios []*Scenario) error {
 		for _, s := range sc.Summaries {
 			ratio := "-"
 			if s.VsDirect != nil {
-				ratio = fmt.Sprintf("%.2f±%.2f", s.VsDirect.Value, s.VsDirect.Noise)
+				ratio = s.VsDirect.String()
 			}
 			cpu := "-"
 			if s.CPUPerReqUS > 0 {
@@ -100,7 +100,7 @@ func WriteTable(w io.Writer, scenarios []*Scenario) error {
 
 // WriteChanges writes the regression comparison as a table.
 func WriteChanges(w io.Writer, changes []Change) error {
-	rows := [][]string{{"scenario", "base req/s", "new req/s", "change", "noise", "threshold", "p99 ms base→new", "CPU µs/req base→new", "verdict"}}
+	rows := [][]string{{"scenario", "base req/s", "new req/s", "change", "interval", "threshold", "p99 ms base→new", "CPU µs/req base→new", "verdict"}}
 	for _, c := range changes {
 		verdict := "ok"
 		switch {
@@ -108,11 +108,11 @@ func WriteChanges(w io.Writer, changes []Change) error {
 			verdict = "no data"
 		case c.Regression:
 			verdict = "REGRESSION"
-		case c.Change > c.Threshold+c.Noise:
+		case c.Lo > c.Threshold:
 			verdict = "faster"
 		}
 		rows = append(rows, []string{c.Scenario, FormatRPS(c.BaseRPS), FormatRPS(c.NewRPS), FormatPercent(c.Change),
-			fmt.Sprintf("±%.1f%%", 100*c.Noise), fmt.Sprintf("%.1f%%", 100*c.Threshold),
+			fmt.Sprintf("[%s, %s] %.0f%%", FormatPercent(c.Lo), FormatPercent(c.Hi), 100*c.Confidence), fmt.Sprintf("%.1f%%", 100*c.Threshold),
 			FormatLatency(c.BaseP99) + "→" + FormatLatency(c.NewP99),
 			fmt.Sprintf("%.1f→%.1f", c.BaseCPU, c.NewCPU), verdict})
 	}

@@ -9,7 +9,7 @@ import (
 // row (haproxy, nginx), paired by round: the issue's bar is that go-proxy
 // beats the references on requests/s, CPU per request and p99, and a
 // noisy machine moves single rounds by more than the gap, so every figure
-// comes with its noise and with the rounds won.
+// comes with its confidence interval and with the rounds won.
 type Versus struct {
 	Target    string `json:"target"`
 	Reference string `json:"reference"`
@@ -28,17 +28,17 @@ type Versus struct {
 }
 
 // Standing says where a ratio leaves the target: "ahead" or "behind" when
-// the whole noise band is on one side of 1, "level" otherwise.
+// its whole confidence interval is on one side of 1, "level" otherwise.
 func Standing(r Ratio, higherIsBetter bool) string {
 	switch {
 	case r.Value == 0:
 		return "-"
-	case r.Value-r.Noise > 1:
+	case r.Lo > 1:
 		if higherIsBetter {
 			return "ahead"
 		}
 		return "behind"
-	case r.Value+r.Noise < 1:
+	case r.Hi < 1:
 		if higherIsBetter {
 			return "behind"
 		}
@@ -113,14 +113,14 @@ func WriteVersus(w io.Writer, scenarios []*Scenario) error {
 		for _, v := range sc.Versus {
 			cpu, cpuWon := "-", "-"
 			if v.CPURounds > 0 {
-				cpu = fmt.Sprintf("%.2f±%.2f", v.CPU.Value, v.CPU.Noise)
+				cpu = v.CPU.String()
 				cpuWon = fmt.Sprintf("%d/%d", v.CPUWins, v.CPURounds)
 			}
 			standing := fmt.Sprintf("%s, %s, %s", Standing(v.RPS, true), Standing(v.CPU, false), Standing(v.P99, false))
 			rows = append(rows, []string{sc.Name, v.Target, v.Reference,
-				fmt.Sprintf("%.2f±%.2f", v.RPS.Value, v.RPS.Noise), fmt.Sprintf("%d/%d", v.RPSWins, v.Rounds),
+				v.RPS.String(), fmt.Sprintf("%d/%d", v.RPSWins, v.Rounds),
 				cpu, cpuWon,
-				fmt.Sprintf("%.2f±%.2f", v.P99.Value, v.P99.Noise), fmt.Sprintf("%d/%d", v.P99Wins, v.Rounds),
+				v.P99.String(), fmt.Sprintf("%d/%d", v.P99Wins, v.Rounds),
 				standing})
 		}
 	}

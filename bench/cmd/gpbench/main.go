@@ -159,7 +159,7 @@ func cmdSuite(mode string, args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&f.keep, "keep", false, "keep the scratch directory (configurations and logs)")
 	if compare {
 		fs.StringVar(&f.base, "base", "", "git ref of the base build (required)")
-		fs.Float64Var(&f.threshold, "threshold", 0.05, "fail when throughput falls by more than this fraction beyond the noise")
+		fs.Float64Var(&f.threshold, "threshold", 0.05, "fail when throughput falls by more than this fraction in every part of the change's confidence interval")
 		fs.BoolVar(&f.direct, "direct", false, "also run direct-to-backend rows")
 	} else if agree {
 		fs.Float64Var(&f.tolerance, "tolerance", 0.10, "largest difference beyond the noise for the drivers to agree")
@@ -195,7 +195,7 @@ func cmdSuite(mode string, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if f.rounds < 3 {
-		log("note: %d rounds; the suite's results need at least 3 for a usable noise estimate", f.rounds)
+		log("note: %d rounds; the suite's results need at least 3 for a usable noise estimate, and 6 for a 95%% confidence interval", f.rounds)
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -334,7 +334,7 @@ func cmdSuite(mode string, args []string, stdout, stderr io.Writer) int {
 		name, rep.Started.Format(time.RFC3339), f.rounds, f.duration, f.warmup, f.driver, host["cpus"])
 	_ = report.WriteTable(&table, rep.Scenarios)
 	if report.AnyVersus(rep.Scenarios) {
-		table.WriteString("\ngo-proxy against the reference proxies (ratios are go-proxy over the reference, paired by round, ± half their range):\n\n")
+		table.WriteString("\ngo-proxy against the reference proxies (ratios are go-proxy over the reference, paired by round: the median ratio [its confidence interval, 95 % from 6 rounds on, the rounds' range below]):\n\n")
 		_ = report.WriteVersus(&table, rep.Scenarios)
 	}
 	if compare {
