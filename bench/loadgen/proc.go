@@ -60,17 +60,31 @@ func ProcessCPU(pid int) (time.Duration, error) {
 // TreeCPU returns the user plus system CPU time of pid and all its living
 // descendants (nginx's and haproxy's workers), from /proc/<pid>/stat.
 func TreeCPU(pid int) (time.Duration, error) {
-	root, err := readStat(pid)
+	pids, stats, err := processTree(pid)
 	if err != nil {
 		return 0, err
 	}
-	total := root.utime + root.stime
+	var total uint64
+	for _, p := range pids {
+		total += stats[p].utime + stats[p].stime
+	}
+	return ticks(total), nil
+}
+
+// processTree returns pid and its living descendants (pid first), with
+// their /proc/<pid>/stat. Only pid's own stat must be readable.
+func processTree(pid int) ([]int, map[int]procStat, error) {
+	root, err := readStat(pid)
+	if err != nil {
+		return nil, nil, err
+	}
+	stats := map[int]procStat{pid: root}
+	pids := []int{pid}
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
-		return ticks(total), nil
+		return pids, stats, nil
 	}
 	children := map[int][]int{}
-	stats := map[int]procStat{}
 	for _, e := range entries {
 		p, err := strconv.Atoi(e.Name())
 		if err != nil || p == pid {
@@ -83,14 +97,10 @@ func TreeCPU(pid int) (time.Duration, error) {
 		stats[p] = st
 		children[st.ppid] = append(children[st.ppid], p)
 	}
-	queue := append([]int(nil), children[pid]...)
-	for len(queue) > 0 {
-		p := queue[0]
-		queue = queue[1:]
-		total += stats[p].utime + stats[p].stime
-		queue = append(queue, children[p]...)
+	for i := 0; i < len(pids); i++ {
+		pids = append(pids, children[pids[i]]...)
 	}
-	return ticks(total), nil
+	return pids, stats, nil
 }
 
 func ticks(n uint64) time.Duration {
@@ -100,43 +110,68 @@ func ticks(n uint64) time.Duration {
 // TreeRSS returns the resident memory of pid and its living descendants,
 // in bytes, from the VmRSS lines of /proc/<pid>/status.
 func TreeRSS(pid int) (int64, error) {
-	pids := []int{pid}
-	entries, err := os.ReadDir("/proc")
-	if err == nil {
-		children := map[int][]int{}
-		for _, e := range entries {
-			p, err := strconv.Atoi(e.Name())
-			if err != nil || p == pid {
-				continue
-			}
-			if st, err := readStat(p); err == nil {
-				children[st.ppid] = append(children[st.ppid], p)
-			}
-		}
-		for i := 0; i < len(pids); i++ {
-			pids = append(pids, children[pids[i]]...)
-		}
+	pids, _, err := processTree(pid)
+	if err != nil {
+		return 0, err
 	}
 	var total int64
-	for i, p := range pids {
+	for _, p := range pids {
 		b, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/status")
 		if err != nil {
-			if i == 0 {
-				return 0, err
-			}
 			continue
 		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-				f := strings.Fields(rest)
-				if len(f) > 0 {
-					kb, _ := strconv.ParseInt(f[0], 10, 64)
-					total += kb << 10
-				}
+		total += statusField(string(b), "VmRSS:") << 10
+	}
+	return total, nil
+}
+
+// TreeSwitches returns the context switches, voluntary and forced, of
+// every thread of pid and its living descendants, from each thread's
+// /proc/<pid>/task/<tid>/status. A proxy's threads that sleep and are
+// woken again for each request cost CPU that its own work does not: the
+// switches, the wake-up calls, the caches refilled.
+func TreeSwitches(pid int) (uint64, error) {
+	pids, _, err := processTree(pid)
+	if err != nil {
+		return 0, err
+	}
+	var total uint64
+	for _, p := range pids {
+		total += processSwitches(p)
+	}
+	return total, nil
+}
+
+// processSwitches sums the context switches of pid's threads.
+func processSwitches(pid int) uint64 {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task/"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var total uint64
+	for _, t := range tasks {
+		b, err := os.ReadFile(dir + t.Name() + "/status")
+		if err != nil {
+			continue
+		}
+		total += uint64(statusField(string(b), "voluntary_ctxt_switches:") + statusField(string(b), "nonvoluntary_ctxt_switches:"))
+	}
+	return total
+}
+
+// statusField returns the number that follows name at the start of a line
+// of a /proc status file, or 0.
+func statusField(status, name string) int64 {
+	for line := range strings.Lines(status) {
+		if rest, ok := strings.CutPrefix(line, name); ok {
+			if f := strings.Fields(rest); len(f) > 0 {
+				n, _ := strconv.ParseInt(f[0], 10, 64)
+				return n
 			}
 		}
 	}
-	return total, nil
+	return 0
 }
 
 // MachineCPU is the machine's CPU time, summed over its CPUs, from the

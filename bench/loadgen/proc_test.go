@@ -48,6 +48,50 @@ func TestTreeCPUCountsChildren(t *testing.T) {
 	}
 }
 
+// TestTreeSwitches: the switches of a process's descendants count in, and
+// a process's own count grows as its threads sleep and wake.
+func TestTreeSwitches(t *testing.T) {
+	// A shell whose child sleeps and wakes in a loop for at most 5 s.
+	cmd := exec.Command("sh", "-c", "timeout --foreground 5 sh -c 'while :; do sleep 0.001; done' & wait")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); _ = cmd.Wait() }()
+	time.Sleep(400 * time.Millisecond)
+	own := processSwitches(cmd.Process.Pid)
+	tree, err := TreeSwitches(cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if own == 0 || tree < own+20 {
+		t.Fatalf("tree %d switches, the shell itself %d: the sleeping descendants are missing", tree, own)
+	}
+
+	before, err := TreeSwitches(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 50 {
+		time.Sleep(time.Millisecond)
+	}
+	after, _ := TreeSwitches(os.Getpid())
+	if after < before+25 {
+		t.Fatalf("50 sleeps made %d switches", after-before)
+	}
+	if _, err := TreeSwitches(1 << 30); err == nil {
+		t.Fatal("no error for a process that does not exist")
+	}
+}
+
+func TestStatusField(t *testing.T) {
+	status := "Name:\tgo-proxy\nVmRSS:\t  2048 kB\nvoluntary_ctxt_switches:\t17\nnonvoluntary_ctxt_switches:\t4\n"
+	if statusField(status, "VmRSS:") != 2048 || statusField(status, "voluntary_ctxt_switches:") != 17 ||
+		statusField(status, "nonvoluntary_ctxt_switches:") != 4 || statusField(status, "Threads:") != 0 {
+		t.Fatal("statusField")
+	}
+}
+
 func TestMachineCPU(t *testing.T) {
 	m, err := parseMachineCPU("cpu  100 5 50 800 20 3 7 15 9 0\ncpu0 50 2 25 400 10 1 3 7 4 0\n")
 	if err != nil {

@@ -37,6 +37,10 @@ type Run struct {
 	Latency     Latency `json:"latency"`
 	CPUSeconds  float64 `json:"cpu_seconds,omitempty"`
 	CPUPerReqUS float64 `json:"cpu_us_per_request,omitempty"`
+	// SwitchesPerReq is the target's context switches per request, over
+	// all its threads (loadgen.TreeSwitches): its threads' sleeps and
+	// wake-ups, a cost its own work per request does not show.
+	SwitchesPerReq float64 `json:"switches_per_request,omitempty"`
 	// GenCPUPerReqUS is the load generator's own CPU per request.
 	GenCPUPerReqUS float64 `json:"generator_cpu_us_per_request,omitempty"`
 	// MachineIdle is the share of the machine's CPU time left idle during
@@ -66,6 +70,9 @@ type Summary struct {
 	Latency     Latency `json:"latency"`
 	Errors      uint64  `json:"errors"`
 	CPUPerReqUS float64 `json:"cpu_us_per_request,omitempty"`
+	// SwitchesPerReq is the median of the rounds' context switches per
+	// request.
+	SwitchesPerReq float64 `json:"switches_per_request,omitempty"`
 	// MachineIdle is the median share of the machine's CPU left idle.
 	MachineIdle float64 `json:"machine_idle"`
 	// VsDirect is this target's throughput over the direct-to-backend
@@ -197,6 +204,7 @@ func Summarize(runs []Run, targets []string, kinds map[string]string) []Summary 
 			}
 		}
 		s.CPUPerReqUS = Median(cpu)
+		s.SwitchesPerReq = Median(positive(series(t, func(r Run) float64 { return r.SwitchesPerReq })))
 		s.MachineIdle = Median(series(t, func(r Run) float64 { return r.MachineIdle }))
 		if direct != "" && t != direct {
 			num, den := paired(t, direct)

@@ -132,7 +132,8 @@ func testRuns() []Run {
 			Run{Scenario: "s", Target: "direct", Kind: "direct", Round: round, Driver: "loadgen", RPS: v[0], Latency: Latency{P50: 100, P99: 300}},
 			Run{Scenario: "s", Target: "go-proxy", Kind: "go-proxy", Round: round, Driver: "loadgen", RPS: v[1],
 				Latency: Latency{P50: 200, P99: 600 + 100*float64(round)}, CPUPerReqUS: 10 + float64(round), Errors: uint64(round),
-				MachineIdle: 0.1 + 0.02*float64(round)},
+				SwitchesPerReq: 0.3 + 0.1*float64(round),
+				MachineIdle:    0.1 + 0.02*float64(round)},
 			Run{Scenario: "s", Target: "haproxy", Kind: "reference", Round: round, Driver: "loadgen", RPS: v[2]},
 		)
 	}
@@ -153,7 +154,7 @@ func TestSummarize(t *testing.T) {
 	}
 	// go-proxy: rounds 0 and 1 only (round 2 failed).
 	if g.Rounds != 2 || g.Failures != 1 || g.RPS != 52 || g.Errors != 1 || g.Latency.P99 != 650 || g.CPUPerReqUS != 10.5 ||
-		!near(g.MachineIdle, 0.11) {
+		!near(g.MachineIdle, 0.11) || !near(g.SwitchesPerReq, 0.35) || d.SwitchesPerReq != 0 {
 		t.Fatalf("go-proxy %+v", g)
 	}
 	if g.VsDirect == nil || !near(g.VsDirect.Value, 0.475) || !near(g.VsDirect.Lo, 0.45) || !near(g.VsDirect.Hi, 0.5) {
@@ -182,7 +183,8 @@ func TestTableAndJSON(t *testing.T) {
 	out := buf.String()
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if len(lines) != 4 || !strings.HasPrefix(lines[0], "scenario") || !strings.Contains(lines[2], "0.47 [0.45, 0.50]") ||
-		!strings.Contains(lines[2], "1 (1 failed)") || !strings.Contains(lines[2], "10.5") ||
+		!strings.Contains(lines[2], "1 (1 failed)") || !strings.Contains(lines[2], "10.5") || !strings.Contains(lines[2], "0.35") ||
+		!strings.Contains(lines[0], "switches/req") ||
 		!strings.HasSuffix(lines[0], "idle %") || !strings.HasSuffix(lines[2], "11.0") {
 		t.Fatalf("table:\n%s", out)
 	}

@@ -73,7 +73,7 @@ func FormatPercent(x float64) string { return fmt.Sprintf("%+.1f%%", 100*x) }
 
 // WriteTable writes every scenario's summaries as one aligned table.
 func WriteTable(w io.Writer, scenarios []*Scenario) error {
-	rows := [][]string{{"scenario", "target", "driver", "req/s", "±", "vs direct", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "errors", "CPU µs/req", "idle %"}}
+	rows := [][]string{{"scenario", "target", "driver", "req/s", "±", "vs direct", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "errors", "CPU µs/req", "switches/req", "idle %"}}
 	for _, sc := range scenarios {
 		for _, s := range sc.Summaries {
 			ratio := "-"
@@ -84,6 +84,10 @@ func WriteTable(w io.Writer, scenarios []*Scenario) error {
 			if s.CPUPerReqUS > 0 {
 				cpu = fmt.Sprintf("%.1f", s.CPUPerReqUS)
 			}
+			switches := "-"
+			if s.SwitchesPerReq > 0 {
+				switches = fmt.Sprintf("%.2f", s.SwitchesPerReq)
+			}
 			errs := fmt.Sprint(s.Errors)
 			if s.Failures > 0 {
 				errs += fmt.Sprintf(" (%d failed)", s.Failures)
@@ -91,7 +95,7 @@ func WriteTable(w io.Writer, scenarios []*Scenario) error {
 			rows = append(rows, []string{sc.Name, s.Target, s.Driver, FormatRPS(s.RPS),
 				fmt.Sprintf("%.1f%%", 100*s.RPSSpread), ratio,
 				FormatLatency(s.Latency.P50), FormatLatency(s.Latency.P90),
-				FormatLatency(s.Latency.P99), FormatLatency(s.Latency.P999), errs, cpu,
+				FormatLatency(s.Latency.P99), FormatLatency(s.Latency.P999), errs, cpu, switches,
 				fmt.Sprintf("%.1f", 100*s.MachineIdle)})
 		}
 	}

@@ -47,11 +47,11 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatalf("get-13b: %d runs, %d summaries", len(get.Runs), len(get.Summaries))
 	}
 	gp := get.Find("go-proxy")
-	if gp == nil || gp.RPS <= 0 || gp.Errors != 0 || gp.Failures != 0 || gp.CPUPerReqUS <= 0 || gp.VsDirect == nil ||
+	if gp == nil || gp.RPS <= 0 || gp.Errors != 0 || gp.Failures != 0 || gp.CPUPerReqUS <= 0 || gp.SwitchesPerReq <= 0 || gp.VsDirect == nil ||
 		gp.Latency.P50 <= 0 || gp.Latency.P999 < gp.Latency.P50 {
 		t.Fatalf("go-proxy summary %+v\n%+v", gp, get.Runs)
 	}
-	if d := get.Find("direct"); d == nil || d.RPS <= 0 || d.CPUPerReqUS != 0 {
+	if d := get.Find("direct"); d == nil || d.RPS <= 0 || d.CPUPerReqUS != 0 || d.SwitchesPerReq != 0 {
 		t.Fatalf("direct summary %+v", d)
 	}
 

@@ -117,6 +117,9 @@ func progressLine(s Scenario, r report.Run, rounds int) string {
 	if r.CPUPerReqUS > 0 {
 		cpu = fmt.Sprintf(", CPU %.1f µs/req", r.CPUPerReqUS)
 	}
+	if r.SwitchesPerReq > 0 {
+		cpu += fmt.Sprintf(", %.2f switches/req", r.SwitchesPerReq)
+	}
 	if r.RSSMiB > 0 {
 		cpu += fmt.Sprintf(", RSS %.0f MiB", r.RSSMiB)
 	}
@@ -169,7 +172,8 @@ func runOne(ctx context.Context, s Scenario, t target.Target, round int, domains
 		stopBG = inst.Background(ctx)
 	}
 	var cpu0, cpu1 time.Duration
-	var cpuErr error
+	var sw0, sw1 uint64
+	var cpuErr, swErr error
 	var machine0 loadgen.MachineCPU
 	onMeasure := func(begin bool) {
 		if opt.OnWindow != nil {
@@ -193,10 +197,14 @@ func runOne(ctx context.Context, s Scenario, t target.Target, round int, domains
 		if err != nil {
 			cpuErr = err
 		}
+		sw, err := loadgen.TreeSwitches(inst.PID)
+		if err != nil {
+			swErr = err
+		}
 		if begin {
-			cpu0 = c
+			cpu0, sw0 = c, sw
 		} else {
-			cpu1 = c
+			cpu1, sw1 = c, sw
 			if rss, err := loadgen.TreeRSS(inst.PID); err == nil {
 				r.RSSMiB = float64(rss) / (1 << 20)
 			}
@@ -228,6 +236,11 @@ func runOne(ctx context.Context, s Scenario, t target.Target, round int, domains
 		r.CPUSeconds = (cpu1 - cpu0).Seconds()
 		if ok := res.Requests - res.Errors; ok > 0 {
 			r.CPUPerReqUS = r.CPUSeconds * 1e6 / float64(ok)
+		}
+	}
+	if inst.PID != 0 && swErr == nil && sw1 >= sw0 {
+		if ok := res.Requests - res.Errors; ok > 0 {
+			r.SwitchesPerReq = float64(sw1-sw0) / float64(ok)
 		}
 	}
 	return r
