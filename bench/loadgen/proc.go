@@ -57,18 +57,35 @@ func ProcessCPU(pid int) (time.Duration, error) {
 	return ticks(st.utime + st.stime), nil
 }
 
-// TreeCPU returns the user plus system CPU time of pid and all its living
-// descendants (nginx's and haproxy's workers), from /proc/<pid>/stat.
-func TreeCPU(pid int) (time.Duration, error) {
+// TreeUsage is what a process and its living descendants (nginx's and
+// haproxy's workers) have used so far.
+type TreeUsage struct {
+	CPU time.Duration // user plus system time, from /proc/<pid>/stat
+	// Switches are the context switches, voluntary and forced, of every
+	// thread: a proxy whose threads sleep and are woken again for each
+	// request pays CPU that its own work does not show (the switch, the
+	// wake-up call, the caches refilled).
+	Switches uint64
+	RSS      int64 // resident memory now, in bytes
+}
+
+// ReadTreeUsage reads the usage of pid and its living descendants, with
+// one walk of /proc.
+func ReadTreeUsage(pid int) (TreeUsage, error) {
 	pids, stats, err := processTree(pid)
 	if err != nil {
-		return 0, err
+		return TreeUsage{}, err
 	}
-	var total uint64
+	var u TreeUsage
+	var cpu uint64
 	for _, p := range pids {
-		total += stats[p].utime + stats[p].stime
+		cpu += stats[p].utime + stats[p].stime
+		switches, rss := readThreads(p)
+		u.Switches += switches
+		u.RSS += rss
 	}
-	return ticks(total), nil
+	u.CPU = ticks(cpu)
+	return u, nil
 }
 
 // processTree returns pid and its living descendants (pid first), with
@@ -107,57 +124,28 @@ func ticks(n uint64) time.Duration {
 	return time.Duration(n) * (time.Second / clockTicks)
 }
 
-// TreeRSS returns the resident memory of pid and its living descendants,
-// in bytes, from the VmRSS lines of /proc/<pid>/status.
-func TreeRSS(pid int) (int64, error) {
-	pids, _, err := processTree(pid)
-	if err != nil {
-		return 0, err
-	}
-	var total int64
-	for _, p := range pids {
-		b, err := os.ReadFile("/proc/" + strconv.Itoa(p) + "/status")
-		if err != nil {
-			continue
-		}
-		total += statusField(string(b), "VmRSS:") << 10
-	}
-	return total, nil
-}
-
-// TreeSwitches returns the context switches, voluntary and forced, of
-// every thread of pid and its living descendants, from each thread's
-// /proc/<pid>/task/<tid>/status. A proxy's threads that sleep and are
-// woken again for each request cost CPU that its own work does not: the
-// switches, the wake-up calls, the caches refilled.
-func TreeSwitches(pid int) (uint64, error) {
-	pids, _, err := processTree(pid)
-	if err != nil {
-		return 0, err
-	}
-	var total uint64
-	for _, p := range pids {
-		total += processSwitches(p)
-	}
-	return total, nil
-}
-
-// processSwitches sums the context switches of pid's threads.
-func processSwitches(pid int) uint64 {
-	dir := "/proc/" + strconv.Itoa(pid) + "/task/"
+// readThreads sums the context switches of pid's threads, from each
+// thread's /proc/<pid>/task/<tid>/status, and takes the process's
+// resident memory from its main thread's.
+func readThreads(pid int) (switches uint64, rss int64) {
+	main := strconv.Itoa(pid)
+	dir := "/proc/" + main + "/task/"
 	tasks, err := os.ReadDir(dir)
 	if err != nil {
-		return 0
+		return 0, 0
 	}
-	var total uint64
 	for _, t := range tasks {
 		b, err := os.ReadFile(dir + t.Name() + "/status")
 		if err != nil {
 			continue
 		}
-		total += uint64(statusField(string(b), "voluntary_ctxt_switches:") + statusField(string(b), "nonvoluntary_ctxt_switches:"))
+		status := string(b)
+		switches += uint64(statusField(status, "voluntary_ctxt_switches:") + statusField(status, "nonvoluntary_ctxt_switches:"))
+		if t.Name() == main {
+			rss = statusField(status, "VmRSS:") << 10
+		}
 	}
-	return total
+	return switches, rss
 }
 
 // statusField returns the number that follows name at the start of a line

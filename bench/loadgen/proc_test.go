@@ -22,64 +22,55 @@ func TestParseStat(t *testing.T) {
 	}
 }
 
-func TestTreeCPUCountsChildren(t *testing.T) {
-	// A shell whose child spins for at most 5 s (killed sooner below).
-	cmd := exec.Command("sh", "-c", "timeout --foreground 5 sh -c 'while :; do :; done' & wait")
+// TestReadTreeUsage: a process tree's CPU, context switches and memory
+// include its descendants', and a process's own switches grow as its
+// threads sleep and wake.
+func TestReadTreeUsage(t *testing.T) {
+	// A shell with two children for at most 5 s (killed sooner below):
+	// one spins, one sleeps and wakes in a loop.
+	cmd := exec.Command("sh", "-c", "timeout --foreground 5 sh -c 'while :; do :; done' & "+
+		"timeout --foreground 5 sh -c 'while :; do sleep 0.001; done' & wait")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); _ = cmd.Wait() }()
 	time.Sleep(400 * time.Millisecond)
-	own, err := ProcessCPU(cmd.Process.Pid)
+	ownCPU, err := ProcessCPU(cmd.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tree, err := TreeCPU(cmd.Process.Pid)
+	ownSwitches, ownRSS := readThreads(cmd.Process.Pid)
+	tree, err := ReadTreeUsage(cmd.Process.Pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tree <= own || tree < 50*time.Millisecond {
-		t.Fatalf("tree %v, own %v", tree, own)
+	if tree.CPU <= ownCPU || tree.CPU < 50*time.Millisecond {
+		t.Errorf("tree CPU %v, the shell's own %v", tree.CPU, ownCPU)
 	}
+	if ownSwitches == 0 || tree.Switches < ownSwitches+20 {
+		t.Errorf("tree %d switches, the shell's own %d: the sleeping descendant is missing", tree.Switches, ownSwitches)
+	}
+	if ownRSS <= 0 || tree.RSS <= ownRSS {
+		t.Errorf("tree RSS %d, the shell's own %d", tree.RSS, ownRSS)
+	}
+
 	self, err := ProcessCPU(os.Getpid())
 	if err != nil || self <= 0 {
 		t.Fatalf("self %v %v", self, err)
 	}
-}
-
-// TestTreeSwitches: the switches of a process's descendants count in, and
-// a process's own count grows as its threads sleep and wake.
-func TestTreeSwitches(t *testing.T) {
-	// A shell whose child sleeps and wakes in a loop for at most 5 s.
-	cmd := exec.Command("sh", "-c", "timeout --foreground 5 sh -c 'while :; do sleep 0.001; done' & wait")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); _ = cmd.Wait() }()
-	time.Sleep(400 * time.Millisecond)
-	own := processSwitches(cmd.Process.Pid)
-	tree, err := TreeSwitches(cmd.Process.Pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if own == 0 || tree < own+20 {
-		t.Fatalf("tree %d switches, the shell itself %d: the sleeping descendants are missing", tree, own)
-	}
-
-	before, err := TreeSwitches(os.Getpid())
+	before, err := ReadTreeUsage(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for range 50 {
 		time.Sleep(time.Millisecond)
 	}
-	after, _ := TreeSwitches(os.Getpid())
-	if after < before+25 {
-		t.Fatalf("50 sleeps made %d switches", after-before)
+	after, _ := ReadTreeUsage(os.Getpid())
+	if after.Switches < before.Switches+25 {
+		t.Fatalf("50 sleeps made %d switches", after.Switches-before.Switches)
 	}
-	if _, err := TreeSwitches(1 << 30); err == nil {
+	if _, err := ReadTreeUsage(1 << 30); err == nil {
 		t.Fatal("no error for a process that does not exist")
 	}
 }

@@ -38,7 +38,7 @@ type Run struct {
 	CPUSeconds  float64 `json:"cpu_seconds,omitempty"`
 	CPUPerReqUS float64 `json:"cpu_us_per_request,omitempty"`
 	// SwitchesPerReq is the target's context switches per request, over
-	// all its threads (loadgen.TreeSwitches): its threads' sleeps and
+	// all its threads (loadgen.TreeUsage): its threads' sleeps and
 	// wake-ups, a cost its own work per request does not show.
 	SwitchesPerReq float64 `json:"switches_per_request,omitempty"`
 	// GenCPUPerReqUS is the load generator's own CPU per request.

@@ -171,9 +171,8 @@ func runOne(ctx context.Context, s Scenario, t target.Target, round int, domains
 	if inst.Background != nil {
 		stopBG = inst.Background(ctx)
 	}
-	var cpu0, cpu1 time.Duration
-	var sw0, sw1 uint64
-	var cpuErr, swErr error
+	var use0, use1 loadgen.TreeUsage
+	var useErr error
 	var machine0 loadgen.MachineCPU
 	onMeasure := func(begin bool) {
 		if opt.OnWindow != nil {
@@ -193,21 +192,15 @@ func runOne(ctx context.Context, s Scenario, t target.Target, round int, domains
 		if inst.PID == 0 {
 			return
 		}
-		c, err := loadgen.TreeCPU(inst.PID)
+		u, err := loadgen.ReadTreeUsage(inst.PID)
 		if err != nil {
-			cpuErr = err
-		}
-		sw, err := loadgen.TreeSwitches(inst.PID)
-		if err != nil {
-			swErr = err
+			useErr = err
 		}
 		if begin {
-			cpu0, sw0 = c, sw
+			use0 = u
 		} else {
-			cpu1, sw1 = c, sw
-			if rss, err := loadgen.TreeRSS(inst.PID); err == nil {
-				r.RSSMiB = float64(rss) / (1 << 20)
-			}
+			use1 = u
+			r.RSSMiB = float64(u.RSS) / (1 << 20)
 		}
 	}
 	res, err := drive(ctx, s, opt, inst.Addr, domains, onMeasure)
@@ -229,18 +222,18 @@ func runOne(ctx context.Context, s Scenario, t target.Target, round int, domains
 	r.Latency = report.Latency{P50: res.Latency.P50, P90: res.Latency.P90, P99: res.Latency.P99, P999: res.Latency.P999, Max: res.Latency.Max}
 	r.ErrorSamples = append(res.ErrorSamples, r.ErrorSamples...)
 	r.Statuses = res.Statuses
-	if ok := res.Requests - res.Errors; ok > 0 {
+	ok := res.Requests - res.Errors
+	if ok > 0 {
 		r.GenCPUPerReqUS = res.GenCPU.Seconds() * 1e6 / float64(ok)
 	}
-	if inst.PID != 0 && cpuErr == nil {
-		r.CPUSeconds = (cpu1 - cpu0).Seconds()
-		if ok := res.Requests - res.Errors; ok > 0 {
+	if inst.PID != 0 && useErr == nil {
+		r.CPUSeconds = (use1.CPU - use0.CPU).Seconds()
+		// A worker that exits in the window takes its switches along.
+		if ok > 0 {
 			r.CPUPerReqUS = r.CPUSeconds * 1e6 / float64(ok)
-		}
-	}
-	if inst.PID != 0 && swErr == nil && sw1 >= sw0 {
-		if ok := res.Requests - res.Errors; ok > 0 {
-			r.SwitchesPerReq = float64(sw1-sw0) / float64(ok)
+			if use1.Switches >= use0.Switches {
+				r.SwitchesPerReq = float64(use1.Switches-use0.Switches) / float64(ok)
+			}
 		}
 	}
 	return r
