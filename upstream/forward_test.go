@@ -36,6 +36,17 @@ func hopByHopRequest(path string, extra ...string) string {
 	return strings.Join(lines, "\r\n") + "\r\n\r\nhello"
 }
 
+// echoApp returns a harness whose app.test routes to a backend that
+// answers with the request it saw (decodeSeen), and a raw client
+// connection to the proxy.
+func echoApp(t *testing.T) (*harness, *rawConn) {
+	t.Helper()
+	h := newHarness(t, Settings{})
+	be := echoBackend(t)
+	h.route("app.test", "/", h.member(be.URL))
+	return h, h.dialRaw()
+}
+
 func decodeSeen(t *testing.T, resp *rawResponse) seenRequest {
 	t.Helper()
 	if resp.Status != 200 {
@@ -105,10 +116,7 @@ func TestForwardRequestHeaders(t *testing.T) {
 }
 
 func TestForwardChunkedRequestBody(t *testing.T) {
-	h := newHarness(t, Settings{})
-	be := echoBackend(t)
-	h.route("app.test", "/", h.member(be.URL))
-	rc := h.dialRaw()
+	_, rc := echoApp(t)
 	s := decodeSeen(t, rc.roundTripRaw(false, "POST /c HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n"+
 		"\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"))
 	if s.Body != "hello world" {
@@ -336,10 +344,7 @@ func TestForwardedProtoFollowsScheme(t *testing.T) {
 // TestConnectionLinesAllCount: headers named by any Connection line are
 // hop-by-hop, in both directions, not only those of the first line.
 func TestConnectionLinesAllCount(t *testing.T) {
-	h := newHarness(t, Settings{})
-	be := echoBackend(t)
-	h.route("app.test", "/", h.member(be.URL))
-	rc := h.dialRaw()
+	h, rc := echoApp(t)
 	s := decodeSeen(t, rc.roundTrip(false, "GET / HTTP/1.1", "Host: app.test",
 		"Connection: X-Hop-A", "X-Hop-A: 1", "connection: x-hop-b, keep-alive", "X-Hop-B: 2", "X-Keep: yes"))
 	for _, name := range []string{"X-Hop-A", "X-Hop-B", "Connection"} {
@@ -370,10 +375,7 @@ func TestConnectionLinesAllCount(t *testing.T) {
 // TestForwardingHeadersAnyCase: the client's forwarding headers are
 // replaced whatever their case and however often they come.
 func TestForwardingHeadersAnyCase(t *testing.T) {
-	h := newHarness(t, Settings{})
-	be := echoBackend(t)
-	h.route("app.test", "/", h.member(be.URL))
-	rc := h.dialRaw()
+	_, rc := echoApp(t)
 	s := decodeSeen(t, rc.roundTrip(false, "GET / HTTP/1.1", "Host: app.test",
 		"x-forwarded-for: 6.6.6.6", "X-FORWARDED-FOR: 7.7.7.7", "x-real-ip: 6.6.6.6", "X-Real-IP: 7.7.7.7",
 		"x-forwarded-proto: https", "X-Forwarded-Proto: https", "X-FORWARDED-HOST: evil.test", "x-forwarded-host: evil.test"))
