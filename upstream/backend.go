@@ -150,21 +150,11 @@ type dialer struct {
 
 func (d *dialer) dial(addr string) (net.Conn, error) {
 	deadline := time.Now().Add(d.timeout)
-	var raw net.Conn
-	var err error
-	if len(d.allow) > 0 {
-		ctx, cancel := context.WithDeadline(context.Background(), deadline)
-		raw, err = d.allow.DialContext(ctx, &net.Dialer{}, "tcp", addr)
-		cancel()
-	} else {
-		raw, err = net.DialTimeout("tcp", addr, d.timeout)
-	}
+	raw, err := d.dialTCP(addr, deadline)
 	if err != nil {
-		return nil, &DialError{err}
+		return nil, err
 	}
 	if tcp, ok := raw.(*net.TCPConn); ok {
-		_ = tcp.SetKeepAlive(true)
-		_ = tcp.SetKeepAlivePeriod(30 * time.Second)
 		raw = newSockConn(tcp)
 	}
 	var conn net.Conn = raw
@@ -181,6 +171,29 @@ func (d *dialer) dial(addr string) (net.Conn, error) {
 	bc := &backendConn{Conn: conn, idle: d.bodyIdle}
 	bc.sock, _ = conn.(*sockConn)
 	return bc, nil
+}
+
+// dialTCP connects to addr by the dialer's rules: the allow-list checks
+// the resolved addresses, the connect timeout bounds it, and the
+// connection has TCP keep-alives.
+func (d *dialer) dialTCP(addr string, deadline time.Time) (net.Conn, error) {
+	var raw net.Conn
+	var err error
+	if len(d.allow) > 0 {
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		raw, err = d.allow.DialContext(ctx, &net.Dialer{}, "tcp", addr)
+		cancel()
+	} else {
+		raw, err = net.DialTimeout("tcp", addr, d.timeout)
+	}
+	if err != nil {
+		return nil, &DialError{err}
+	}
+	if tcp, ok := raw.(*net.TCPConn); ok {
+		_ = tcp.SetKeepAlive(true)
+		_ = tcp.SetKeepAlivePeriod(30 * time.Second)
+	}
+	return raw, nil
 }
 
 // backendConn applies idle deadlines while bodies stream: every write, and

@@ -452,22 +452,32 @@ func (l *ipLimiter) state(c net.Conn, st fasthttp.ConnState) {
 	ip := remoteAddrIP(c.RemoteAddr())
 	switch st {
 	case fasthttp.StateNew:
-		l.mu.Lock()
-		l.n[ip]++
-		over := l.n[ip] > l.max
-		l.mu.Unlock()
-		if over {
+		if !l.acquire(ip) {
 			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 			_, _ = c.Write(tooManyConns)
 			_ = c.Close()
 		}
 	case fasthttp.StateClosed, fasthttp.StateHijacked:
-		l.mu.Lock()
-		if l.n[ip]--; l.n[ip] <= 0 {
-			delete(l.n, ip)
-		}
-		l.mu.Unlock()
+		l.release(ip)
 	}
+}
+
+// acquire counts a connection from ip and reports whether it is within the
+// cap; a connection over it still counts until released.
+func (l *ipLimiter) acquire(ip netip.Addr) bool {
+	l.mu.Lock()
+	l.n[ip]++
+	over := l.n[ip] > l.max
+	l.mu.Unlock()
+	return !over
+}
+
+func (l *ipLimiter) release(ip netip.Addr) {
+	l.mu.Lock()
+	if l.n[ip]--; l.n[ip] <= 0 {
+		delete(l.n, ip)
+	}
+	l.mu.Unlock()
 }
 
 func remoteAddrIP(a net.Addr) netip.Addr {

@@ -86,58 +86,102 @@ func (p *Proxy) Handle(ctx *fasthttp.RequestCtx) {
 	upgrade := isWebSocketUpgrade(&ctx.Request.Header, present)
 	var tried uint64
 	for attempt := 0; ; attempt++ {
-		c := choose(pool, now, tried)
-		m := c.member
-		switch c.outcome {
-		case outcomeUnavailable:
-			writeUnavailable(ctx)
-			p.recordGenerated(ctx, m, start)
-			return
-		case outcomeDrain:
-			writeDraining(ctx)
-			m.Stats.drained.Add(1)
-			p.recordGenerated(ctx, m, start)
-			return
-		case outcomeRateLimited:
-			writeRateLimited(ctx, c.retryAfter)
-			m.Stats.rateLimited.Add(1)
-			p.recordGenerated(ctx, m, start)
-			return
-		case outcomeMaintenance:
-			p.serveMaintenance(ctx, m, start, present)
+		pl, ok := p.pick(ctx, pool, now, tried, start, present, upgrade)
+		if !ok {
 			return
 		}
-		cfg := m.Config()
-		if upgrade && !cfg.WebSocket {
-			m.Breaker.Release(c.trial)
-			m.refundToken()
-			writeText(ctx, fasthttp.StatusBadRequest, bodyWSNotAllowed)
-			p.recordGenerated(ctx, m, start)
-			return
-		}
-		if cfg.MaxBodySize > 0 && int64(ctx.Request.Header.ContentLength()) > cfg.MaxBodySize {
-			m.Breaker.Release(c.trial)
-			m.refundToken()
-			writeText(ctx, fasthttp.StatusRequestEntityTooLarge, bodyTooLarge)
-			p.recordGenerated(ctx, m, start)
+		m := pl.member
+		if pl.maintenance {
+			if err := p.forwardTo(ctx, m, pl.cfg, false, start, true, present); err != nil {
+				writeBuiltinMaintenance(ctx)
+				p.recordGenerated(ctx, m, start)
+			}
 			return
 		}
 		if upgrade {
-			p.tunnel(ctx, m, cfg, c.trial, start, present)
+			p.tunnel(ctx, m, pl.cfg, pl.trial, start, present)
 			return
 		}
-		err := p.forward(ctx, m, cfg, c.trial, start, present)
+		err := p.forward(ctx, m, pl.cfg, pl.trial, start, present)
 		if err == nil {
 			return
 		}
-		var dialErr *DialError
-		if errors.As(err, &dialErr) && attempt < cfg.Retries && isIdempotent(ctx) && len(pool.Members) > 1 {
-			tried |= memberBit(pool, m)
+		if p.retries(ctx, pool, m, pl.cfg, err, attempt, &tried) {
 			continue
 		}
 		p.writeForwardError(ctx, m, err, start)
 		return
 	}
+}
+
+// plan is where a request goes: the member's backend, or (maintenance) the
+// member's maintenance page.
+type plan struct {
+	member      *Member
+	cfg         *Config
+	trial       bool
+	maintenance bool
+}
+
+// pick runs member selection for one attempt of the request. When it
+// returns false it has written (and counted) the response the proxy
+// generates instead: unavailable, draining, rate limited, the built-in
+// maintenance page, or a refusal by the route's settings.
+func (p *Proxy) pick(ctx *fasthttp.RequestCtx, pool *router.Pool[*Member], now int64, tried uint64, start time.Time, present headerSet, upgrade bool) (plan, bool) {
+	c := choose(pool, now, tried)
+	m := c.member
+	switch c.outcome {
+	case outcomeUnavailable:
+		writeUnavailable(ctx)
+		p.recordGenerated(ctx, m, start)
+		return plan{}, false
+	case outcomeDrain:
+		writeDraining(ctx)
+		m.Stats.drained.Add(1)
+		p.recordGenerated(ctx, m, start)
+		return plan{}, false
+	case outcomeRateLimited:
+		writeRateLimited(ctx, c.retryAfter)
+		m.Stats.rateLimited.Add(1)
+		p.recordGenerated(ctx, m, start)
+		return plan{}, false
+	case outcomeMaintenance:
+		mt := m.maint.Load()
+		if mt == nil || mt.Page == nil || isWebSocketUpgrade(&ctx.Request.Header, present) {
+			writeBuiltinMaintenance(ctx)
+			p.recordGenerated(ctx, m, start)
+			return plan{}, false
+		}
+		return plan{member: m, cfg: &Config{Backend: mt.Page, Timeout: p.settings.MaintenancePageTimeout}, maintenance: true}, true
+	}
+	cfg := m.Config()
+	if upgrade && !cfg.WebSocket {
+		m.Breaker.Release(c.trial)
+		m.refundToken()
+		writeText(ctx, fasthttp.StatusBadRequest, bodyWSNotAllowed)
+		p.recordGenerated(ctx, m, start)
+		return plan{}, false
+	}
+	if cfg.MaxBodySize > 0 && int64(ctx.Request.Header.ContentLength()) > cfg.MaxBodySize {
+		m.Breaker.Release(c.trial)
+		m.refundToken()
+		writeText(ctx, fasthttp.StatusRequestEntityTooLarge, bodyTooLarge)
+		p.recordGenerated(ctx, m, start)
+		return plan{}, false
+	}
+	return plan{member: m, cfg: cfg, trial: c.trial}, true
+}
+
+// retries reports whether a failed attempt is tried again on another
+// member of the pool (a connect failure of an idempotent request, within
+// the route's retries), marking m as tried.
+func (p *Proxy) retries(ctx *fasthttp.RequestCtx, pool *router.Pool[*Member], m *Member, cfg *Config, err error, attempt int, tried *uint64) bool {
+	var dialErr *DialError
+	if errors.As(err, &dialErr) && attempt < cfg.Retries && isIdempotent(ctx) && len(pool.Members) > 1 {
+		*tried |= memberBit(pool, m)
+		return true
+	}
+	return false
 }
 
 func memberBit(pool *router.Pool[*Member], m *Member) uint64 {
@@ -178,20 +222,4 @@ func (p *Proxy) recordGenerated(ctx *fasthttp.RequestCtx, m *Member, start time.
 	now := time.Now()
 	m.Stats.Record(ctx.Response.StatusCode(), now.Sub(start), int64(len(ctx.Response.Body())), 0, false, now.UnixNano())
 	p.logGenerated(ctx, m, start)
-}
-
-// serveMaintenance answers for a member in maintenance: its page URL,
-// proxied like a backend, or the built-in page (§6.4).
-func (p *Proxy) serveMaintenance(ctx *fasthttp.RequestCtx, m *Member, start time.Time, present headerSet) {
-	mt := m.maint.Load()
-	if mt == nil || mt.Page == nil || isWebSocketUpgrade(&ctx.Request.Header, present) {
-		writeBuiltinMaintenance(ctx)
-		p.recordGenerated(ctx, m, start)
-		return
-	}
-	cfg := &Config{Backend: mt.Page, Timeout: p.settings.MaintenancePageTimeout}
-	if err := p.forwardTo(ctx, m, cfg, false, start, true, present); err != nil {
-		writeBuiltinMaintenance(ctx)
-		p.recordGenerated(ctx, m, start)
-	}
 }

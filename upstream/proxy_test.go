@@ -34,6 +34,7 @@ type harness struct {
 	transport *Transport
 	proxy     *Proxy
 	srv       *fasthttp.Server
+	loops     *LoopServer // with UPSTREAM_EVENT_LOOPS; srv is its fallback
 	addr      string
 	nextID    atomic.Uint64
 }
@@ -47,9 +48,22 @@ func newHarness(t testing.TB, s Settings) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	h.addr = ln.Addr().String()
+	if n := testEventLoops(); n > 0 {
+		h.loops = NewLoopServer(h.proxy, DefaultServerSettings, DefaultTransportSettings, n)
+		h.srv = h.loops.Fallback()
+		go func() { _ = h.loops.Serve(ln) }()
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = h.loops.Shutdown(ctx)
+			_ = h.srv.ShutdownWithContext(ctx)
+			_ = ln.Close()
+		})
+		return h
+	}
 	h.srv = NewServer(h.proxy.Handle, DefaultServerSettings)
 	go func() { _ = h.srv.Serve(ln) }()
-	h.addr = ln.Addr().String()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -34,6 +34,16 @@ var DefaultServerSettings = ServerSettings{
 // NewServer returns the fasthttp server for the data plane. Request bodies
 // stream to the backend as they arrive instead of being buffered.
 func NewServer(handler fasthttp.RequestHandler, s ServerSettings) *fasthttp.Server {
+	var limiter *ipLimiter
+	if s.MaxConnsPerIP > 0 {
+		limiter = newIPLimiter(s.MaxConnsPerIP)
+	}
+	return newServer(handler, s, limiter)
+}
+
+// newServer is NewServer with the per-IP limiter given, so that a
+// LoopServer and its fallback count one client's connections together.
+func newServer(handler fasthttp.RequestHandler, s ServerSettings, limiter *ipLimiter) *fasthttp.Server {
 	srv := &fasthttp.Server{
 		Handler:               Recover(handler, s.Logger),
 		ErrorHandler:          parseError,
@@ -66,8 +76,8 @@ func NewServer(handler fasthttp.RequestHandler, s ServerSettings) *fasthttp.Serv
 			return fasthttp.RequestConfig{ReadTimeout: s.BodyTimeout}
 		},
 	}
-	if s.MaxConnsPerIP > 0 {
-		srv.ConnState = newIPLimiter(s.MaxConnsPerIP).state
+	if limiter != nil {
+		srv.ConnState = limiter.state
 	}
 	return srv
 }

@@ -103,14 +103,15 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, ready chan<- list
 	}
 
 	table := router.NewTable[*upstream.Member]()
-	transport := upstream.NewTransport(upstream.TransportSettings{
+	transportSettings := upstream.TransportSettings{
 		ConnectTimeout:     cfg.ConnectTimeout,
 		BodyIdle:           cfg.BackendTimeout,
 		MaxConnsPerURL:     upstream.DefaultTransportSettings.MaxConnsPerURL,
 		IdleConnTime:       upstream.DefaultTransportSettings.IdleConnTime,
 		InsecureSkipVerify: cfg.InsecureBackends,
 		Allow:              backendAllow,
-	})
+	}
+	transport := upstream.NewTransport(transportSettings)
 	accessLog, err := openAccessLog(cfg, log) // accesslog.go; nil when off
 	if err != nil {
 		return err
@@ -187,17 +188,31 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, ready chan<- list
 	cleanup = append(cleanup, func() { _ = httpLn.Close() })
 
 	handler := proxy.Handle
+	var front *plainHTTP
 	if certs.acme != nil || (cfg.RedirectHTTPS && certs.enabled()) {
-		front := &plainHTTP{next: proxy.Handle, redirect: cfg.RedirectHTTPS, certs: certs}
+		front = &plainHTTP{next: proxy.Handle, redirect: cfg.RedirectHTTPS, certs: certs}
 		if httpsLn != nil {
 			_, front.httpsPort, _ = net.SplitHostPort(httpsLn.Addr().String())
 		}
 		handler = front.handle
 	}
-	srv := upstream.NewServer(handler, serverSettings)
-	srv.Logger = connLogger{log}
-	servers = append(servers, srv)
-	go func() { serveErr <- srv.Serve(upstream.Listener(httpLn)) }()
+	var loops *upstream.LoopServer
+	switch {
+	case cfg.EventLoops > 0 && front == nil:
+		loops = upstream.NewLoopServer(proxy, serverSettings, transportSettings, cfg.EventLoops)
+		fallback := loops.Fallback()
+		fallback.Logger = connLogger{log}
+		servers = append(servers, fallback)
+		go func() { serveErr <- loops.Serve(httpLn) }()
+	default:
+		if cfg.EventLoops > 0 {
+			log.Warn("event loops are off: the plaintext listener redirects or answers ACME challenges")
+		}
+		srv := upstream.NewServer(handler, serverSettings)
+		srv.Logger = connLogger{log}
+		servers = append(servers, srv)
+		go func() { serveErr <- srv.Serve(upstream.Listener(httpLn)) }()
+	}
 
 	if httpsLn != nil {
 		// A second proxy on the same table: X-Forwarded-Proto is https.
@@ -269,6 +284,15 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, ready chan<- list
 		go func() {
 			defer drained.Done()
 			if err := s.ShutdownWithContext(sctx); err != nil {
+				log.Warn("in-flight requests cut at the shutdown bound", "err", err)
+			}
+		}()
+	}
+	if loops != nil {
+		drained.Add(1)
+		go func() {
+			defer drained.Done()
+			if err := loops.Shutdown(sctx); err != nil {
 				log.Warn("in-flight requests cut at the shutdown bound", "err", err)
 			}
 		}()

@@ -1,0 +1,340 @@
+//go:build linux
+
+package upstream
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// testEventLoops is the number of event loops the test harness serves
+// with (UPSTREAM_EVENT_LOOPS; make test runs the package both ways), 0
+// for the goroutine-per-connection server.
+func testEventLoops() int {
+	n, _ := strconv.Atoi(os.Getenv("UPSTREAM_EVENT_LOOPS"))
+	return n
+}
+
+// loopHarness is a harness served by event loops whatever the environment.
+func loopHarness(t *testing.T, s Settings) *harness {
+	t.Setenv("UPSTREAM_EVENT_LOOPS", "2")
+	return newHarness(t, s)
+}
+
+func TestLoopServesSimpleRequests(t *testing.T) {
+	h := loopHarness(t, Settings{})
+	be := namedBackend(t, "a")
+	h.route("loop.test", "/", h.member(be.URL))
+	c := httpClient()
+	for i := 0; i < 5; i++ {
+		status, _, body := h.do(c, "GET", "loop.test", "/x", nil)
+		if status != 200 || body != "a" {
+			t.Fatalf("GET: %d %q", status, body)
+		}
+	}
+	if n := h.loops.Handoffs(); n != 0 {
+		t.Fatalf("%d connections handed off, want 0", n)
+	}
+}
+
+// loopServer is a loop server with its own settings on a harness's proxy
+// (for timeouts the harness's defaults do not exercise).
+func loopServer(t *testing.T, h *harness, s ServerSettings) (*LoopServer, string) {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewLoopServer(h.proxy, s, DefaultTransportSettings, 2)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		_ = srv.Fallback().ShutdownWithContext(ctx)
+		_ = ln.Close()
+		<-served
+	})
+	return srv, ln.Addr().String()
+}
+
+func TestLoopPipelinedRequests(t *testing.T) {
+	h := loopHarness(t, Settings{})
+	be := echoBackend(t)
+	h.route("loop.test", "/", h.member(be.URL))
+	rc := h.dialRaw()
+	_ = rc.conn.SetDeadline(time.Now().Add(10 * time.Second))
+	// Three requests in one write: answered in order on one connection.
+	_, err := io.WriteString(rc.conn, "GET /1 HTTP/1.1\r\nHost: loop.test\r\n\r\n"+
+		"GET /2 HTTP/1.1\r\nHost: loop.test\r\n\r\nGET /3 HTTP/1.1\r\nHost: loop.test\r\n\r\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 3; i++ {
+		resp, err := readRawResponse(rc.br, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var seen seenRequest
+		if err := json.Unmarshal(resp.Body, &seen); err != nil || seen.RequestURI != "/"+strconv.Itoa(i) {
+			t.Fatalf("response %d: %v %q", i, err, resp.Body)
+		}
+	}
+	if n := h.loops.Handoffs(); n != 0 {
+		t.Errorf("%d handoffs", n)
+	}
+}
+
+// TestLoopLargeBodySlowClient: a body larger than the relay buffer reaches
+// a client that reads slowly, whole, and the backend is read only as fast
+// as the client takes it.
+func TestLoopLargeBodySlowClient(t *testing.T) {
+	h := loopHarness(t, Settings{})
+	body := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	srv := namedHandler(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/chunked" {
+			w.(http.Flusher).Flush() // no Content-Length: chunked
+		}
+		_, _ = w.Write(body)
+	})
+	m := h.member(srv.URL)
+	h.route("big.test", "/", m)
+	for _, path := range []string{"/fixed", "/chunked"} {
+		rc := h.dialRaw()
+		_ = rc.conn.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := io.WriteString(rc.conn, "GET "+path+" HTTP/1.1\r\nHost: big.test\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond) // the socket buffers fill; the relay must wait
+		resp, err := readRawResponse(rc.br, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Status != 200 || !bytes.Equal(resp.Body, body) {
+			t.Fatalf("%s: %d, %d bytes, want 200 and the %d-byte body", path, resp.Status, len(resp.Body), len(body))
+		}
+		// The connection stays usable.
+		again := rc.roundTrip(false, "GET /fixed HTTP/1.1", "Host: big.test")
+		if len(again.Body) != len(body) {
+			t.Fatalf("%s: next response %d bytes", path, len(again.Body))
+		}
+	}
+	if n := h.loops.Handoffs(); n != 0 {
+		t.Errorf("%d handoffs", n)
+	}
+	eventually(t, "in-flight back to 0", func() bool { return m.InFlight.Load() == 0 })
+	if rep := m.Stats.Report(time.Now().UnixNano()); rep.Requests != 4 {
+		t.Errorf("%d requests counted, want 4", rep.Requests)
+	}
+}
+
+// TestLoopHandsOff: requests the loops do not serve (a body, an upgrade,
+// HTTP/1.0) are served by the fallback on the same connection.
+func TestLoopHandsOff(t *testing.T) {
+	h := loopHarness(t, Settings{})
+	be := echoBackend(t)
+	h.route("loop.test", "/", h.member(be.URL))
+	rc := h.dialRaw()
+	resp := rc.roundTripRaw(false, "POST /up HTTP/1.1\r\nHost: loop.test\r\nContent-Length: 5\r\n\r\nhello")
+	var seen seenRequest
+	if err := json.Unmarshal(resp.Body, &seen); err != nil || seen.Body != "hello" || seen.Method != "POST" {
+		t.Fatalf("POST: %d %v %q", resp.Status, err, resp.Body)
+	}
+	if n := h.loops.Handoffs(); n != 1 {
+		t.Fatalf("%d handoffs, want 1", n)
+	}
+	resp = rc.roundTrip(false, "GET /after HTTP/1.1", "Host: loop.test")
+	if err := json.Unmarshal(resp.Body, &seen); err != nil || seen.RequestURI != "/after" {
+		t.Fatalf("GET after the handoff: %d %q", resp.Status, resp.Body)
+	}
+	old := h.dialRaw()
+	resp = old.roundTrip(false, "GET /old HTTP/1.0", "Host: loop.test")
+	if resp.Status != 200 || h.loops.Handoffs() != 2 {
+		t.Fatalf("HTTP/1.0: %d, %d handoffs", resp.Status, h.loops.Handoffs())
+	}
+}
+
+func TestLoopTimeouts(t *testing.T) {
+	h := newHarness(t, Settings{})
+	s := DefaultServerSettings
+	s.IdleTimeout, s.HeaderTimeout = 300*time.Millisecond, 300*time.Millisecond
+	srv, addr := loopServer(t, h, s)
+	closedWithin := func(what string, c net.Conn, d time.Duration) {
+		t.Helper()
+		_ = c.SetReadDeadline(time.Now().Add(d))
+		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+			t.Errorf("%s: read %v, want the proxy to close the connection (EOF)", what, err)
+		}
+	}
+	idle, err := net.Dial("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	partial, err := net.Dial("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer partial.Close()
+	// A header trickling in, a byte at a time, is cut at the header bound.
+	go func() {
+		for _, b := range []byte("GET / HTTP/1.1\r\nHost: x\r\n") {
+			if _, err := partial.Write([]byte{b}); err != nil {
+				return
+			}
+			time.Sleep(30 * time.Millisecond)
+		}
+	}()
+	closedWithin("idle", idle, 2*time.Second)
+	closedWithin("partial header", partial, 2*time.Second)
+	eventually(t, "connections released", func() bool { return srv.Conns() == 0 })
+}
+
+// TestLoopShutdown: a request in progress finishes, idle connections are
+// closed, and Serve returns.
+func TestLoopShutdown(t *testing.T) {
+	h := newHarness(t, Settings{})
+	slow := namedHandler(t, func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(300 * time.Millisecond)
+		_, _ = io.WriteString(w, "done")
+	})
+	h.route("slow.test", "/", h.member(slow.URL))
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	srv := NewLoopServer(h.proxy, DefaultServerSettings, DefaultTransportSettings, 2)
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	idle, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	busy, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	if _, err := io.WriteString(busy, "GET / HTTP/1.1\r\nHost: slow.test\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "both connections accepted", func() bool { return srv.Conns() == 2 })
+	time.Sleep(50 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	resp, err := readRawResponse(bufio.NewReader(busy), false)
+	if err != nil || resp.Status != 200 || string(resp.Body) != "done" || resp.Header.Get("Connection") != "close" {
+		t.Fatalf("in-flight request: %v %+v", err, resp)
+	}
+	_ = idle.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := idle.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("idle connection: %v, want EOF", err)
+	}
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Serve did not return")
+	}
+}
+
+// TestLoopRetriesClosedKeepAlive: a backend that closes each connection
+// after its response, without saying so, costs the client nothing: the
+// request that finds the pooled connection closed is sent again on a new
+// one.
+func TestLoopRetriesClosedKeepAlive(t *testing.T) {
+	h := loopHarness(t, Settings{})
+	url := rawBackend(t, func(req *http.Request, conn net.Conn) bool {
+		_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		return false
+	})
+	h.route("app.test", "/", h.member(url))
+	rc := h.dialRaw()
+	for i := 0; i < 5; i++ {
+		time.Sleep(20 * time.Millisecond) // the close reaches the pooled connection or not
+		resp := rc.roundTrip(false, "GET / HTTP/1.1", "Host: app.test")
+		if resp.Status != 200 || string(resp.Body) != "ok" {
+			t.Fatalf("#%d: %d %q", i, resp.Status, resp.Body)
+		}
+	}
+}
+
+func TestChunkScanner(t *testing.T) {
+	body := "5\r\nhello\r\n1;ext=1\r\n \r\n0\r\nTrailer: x\r\n\r\n"
+	for split := 0; split <= len(body); split++ {
+		var f bodyFrame
+		f.kind = frameChunked
+		took, done, err := f.scan([]byte(body[:split]))
+		if err != nil || took != split || (done && split != len(body)) {
+			t.Fatalf("split %d: first part took %d done %v err %v", split, took, done, err)
+		}
+		if split == len(body) {
+			continue
+		}
+		rest := body[split:] + "NEXT"
+		took, done, err = f.scan([]byte(rest))
+		if err != nil || !done || took != len(rest)-4 {
+			t.Fatalf("split %d: rest took %d of %d, done %v, err %v", split, took, len(rest), done, err)
+		}
+	}
+	for _, bad := range []string{"x\r\n", "5\r\nhelloXX", "12345678901234567\r\n"} {
+		f := bodyFrame{kind: frameChunked}
+		if _, _, err := f.scan([]byte(bad)); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}
+
+func TestFrameChunk(t *testing.T) {
+	for _, n := range []int{1, 15, 16, 4095, 64 << 10} {
+		buf := make([]byte, chunkPrefix+n+2)
+		for i := range n {
+			buf[chunkPrefix+i] = 'a'
+		}
+		start := frameChunk(buf, chunkPrefix, n)
+		want := appendChunk(nil, bytes.Repeat([]byte("a"), n))
+		if !bytes.Equal(buf[start:], want) {
+			t.Fatalf("%d: %q…, want %q…", n, buf[start:start+8], want[:8])
+		}
+		r := httputil.NewChunkedReader(bytes.NewReader(append(want, lastChunk...)))
+		if got, err := io.ReadAll(r); err != nil || len(got) != n {
+			t.Fatalf("%d: decoded %d bytes, %v", n, len(got), err)
+		}
+	}
+}
+
+func TestHeaderEnd(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		end  int
+		bare bool
+	}{
+		{"GET / HTTP/1.1\r\nHost: a\r\n\r\nrest", 27, false},
+		{"GET / HTTP/1.1\r\nHost: a\r\n", -1, false},
+		{"GET / HTTP/1.1\nHost: a\n\nrest", 24, true},
+		{"GET / HTTP/1.1\r\nHost: a\n\r\n", 26, true},
+	} {
+		end, bare := headerEnd([]byte(c.in))
+		if end != c.end || bare != c.bare {
+			t.Errorf("%q: %d %v, want %d %v", c.in, end, bare, c.end, c.bare)
+		}
+	}
+}
