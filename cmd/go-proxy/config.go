@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -126,7 +127,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 		{"http-max-conns", "PROXY_HTTP_MAX_CONNS", "0", "client connections served at once in total; more get 503 (0: fasthttp's 262144)", num(&c.HTTPMaxConns)},
 		{"http-max-headers", "PROXY_HTTP_MAX_HEADERS", "100", "header lines of a client request; more get 431", num(&c.HTTPMaxHeaders)},
 		{"http-max-header-size", "PROXY_HTTP_MAX_HEADER_SIZE", "16384", "bytes of a client request line plus headers; more get 431", num(&c.HTTPMaxHeaderSize)},
-		{"event-loops", "PROXY_EVENT_LOOPS", "0", "event loops serving plaintext HTTP without a goroutine per connection; requests they do not serve go to the goroutine server (0: off; not with ACME or the HTTPS redirect)", num(&c.EventLoops)},
+		{"event-loops", "PROXY_EVENT_LOOPS", "auto", "event loops serving plaintext HTTP without a goroutine per connection; the requests they do not serve go to the goroutine-per-connection server (auto: one per CPU on Linux; 0: off; off with ACME or the HTTPS redirect)", loopCount(&c.EventLoops)},
 		{"extra-procs", "PROXY_EXTRA_PROCS", "6", "Go processors beyond the CPUs, for latency on shared cores (0: Go's default; the GOMAXPROCS variable overrides)", num(&c.ExtraProcs)},
 		{"backend-allow", "PROXY_BACKEND_ALLOW", "", "comma-separated CIDRs backends, health checks, BACKEND_TEST and maintenance pages may connect to (unset: all)", str(&c.BackendAllow)},
 		{"access-log", "PROXY_ACCESS_LOG", "", `access log: "stdout" or a file path, reopened on SIGHUP (unset: off)`, str(&c.AccessLog)},
@@ -247,6 +248,21 @@ func (c *config) certPairs() []certPair {
 		out[i] = certPair{Cert: c.TLSCerts[i], Key: c.TLSKeys[i]}
 	}
 	return out
+}
+
+// loopCount parses -event-loops: a count, or auto for one loop per CPU
+// where event loops exist (Linux).
+func loopCount(p *int) func(string) error {
+	return func(v string) error {
+		if v == "auto" {
+			*p = 0
+			if runtime.GOOS == "linux" {
+				*p = runtime.NumCPU()
+			}
+			return nil
+		}
+		return num(p)(v)
+	}
 }
 
 func str(p *string) func(string) error { return func(v string) error { *p = v; return nil } }

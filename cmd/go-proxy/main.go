@@ -197,8 +197,9 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, ready chan<- list
 		handler = front.handle
 	}
 	var loops *upstream.LoopServer
+	_, tcpListener := httpLn.(*net.TCPListener)
 	switch {
-	case cfg.EventLoops > 0 && front == nil:
+	case cfg.EventLoops > 0 && front == nil && tcpListener:
 		loops = upstream.NewLoopServer(proxy, serverSettings, transportSettings, cfg.EventLoops)
 		fallback := loops.Fallback()
 		fallback.Logger = connLogger{log}
@@ -206,7 +207,7 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, ready chan<- list
 		go func() { serveErr <- loops.Serve(httpLn) }()
 	default:
 		if cfg.EventLoops > 0 {
-			log.Warn("event loops are off: the plaintext listener redirects or answers ACME challenges")
+			log.Info("event loops are off: the plaintext listener redirects, answers ACME challenges or is not TCP")
 		}
 		srv := upstream.NewServer(handler, serverSettings)
 		srv.Logger = connLogger{log}
