@@ -7,8 +7,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"net"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -171,6 +174,19 @@ func (s *LoopServer) Shutdown(ctx context.Context) error {
 // Handoffs counts the connections the loops gave to the fallback server.
 func (s *LoopServer) Handoffs() uint64 { return s.handoffs.Load() }
 
+// WriteMetrics writes the loops' series in the Prometheus text format.
+func (s *LoopServer) WriteMetrics(w io.Writer) {
+	b := make([]byte, 0, 512)
+	b = AppendPromFamily(b, "goproxy_event_loops", "gauge", "Event loops serving plaintext HTTP.")
+	b = AppendPromSample(b, "goproxy_event_loops", "", uint64(s.n))
+	b = AppendPromFamily(b, "goproxy_event_loop_connections", "gauge", "Client connections the event loops hold.")
+	b = AppendPromSample(b, "goproxy_event_loop_connections", "", uint64(max(s.conns.Load(), 0)))
+	b = AppendPromFamily(b, "goproxy_event_loop_handoffs_total", "counter",
+		"Client connections the event loops handed to the goroutine-per-connection server (request bodies, upgrades, HTTP/1.0, TLS backends, compression).")
+	b = AppendPromSample(b, "goproxy_event_loop_handoffs_total", "", s.handoffs.Load())
+	_, _ = w.Write(b)
+}
+
 // Conns is the number of client connections the loops hold.
 func (s *LoopServer) Conns() int64 { return s.conns.Load() }
 
@@ -199,6 +215,9 @@ type eventLoop struct {
 	bw      *bufio.Writer
 	ctxFree []*fasthttp.RequestCtx
 	bufFree [][]byte
+
+	// active is the client connection being moved on, for recovered.
+	active *clientConn
 
 	listening bool
 	stopping  bool
@@ -278,7 +297,7 @@ func (l *eventLoop) drainInbox() {
 	l.inbox = l.spare[:0]
 	l.inboxMu.Unlock()
 	for i, fn := range fns {
-		fn()
+		l.safely(nil, fn)
 		fns[i] = nil
 	}
 	l.spare = fns
@@ -308,7 +327,7 @@ func (l *eventLoop) run() {
 				continue
 			}
 			if h := l.handlers[fd]; h != nil {
-				h.handle(events[i].Events)
+				l.dispatch(h, events[i].Events)
 			}
 		}
 		if l.now-lastSweep >= int64(loopSweep) {
@@ -321,9 +340,57 @@ func (l *eventLoop) run() {
 	}
 }
 
+// dispatch hands an event to its handler. A panic (a bug, or a request no
+// test foresaw) ends that connection, as Recover does on the goroutine
+// path, instead of the process.
+func (l *eventLoop) dispatch(h loopHandler, ev uint32) {
+	defer func() {
+		if r := recover(); r != nil {
+			l.recovered(h, r)
+		}
+	}()
+	l.active = nil
+	h.handle(ev)
+}
+
+func (l *eventLoop) recovered(h loopHandler, r any) {
+	log := l.srv.settings.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log.Error("panic in an event loop; connection closed", "panic", r, "stack", string(debug.Stack()))
+	defer func() { _ = recover() }()
+	if c := l.active; c != nil {
+		l.active = nil
+		c.kill()
+	}
+	switch c := h.(type) {
+	case *clientConn:
+		c.kill()
+	case *loopBackend:
+		if c.x != nil {
+			c.x.client.kill()
+		}
+		c.pool.remove(c)
+		c.close()
+	}
+}
+
+// safely runs fn, a loop task outside an event (a sweep, an inbox
+// message), with dispatch's recovery for h (nil: no connection to end).
+func (l *eventLoop) safely(h loopHandler, fn func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			l.recovered(h, r)
+		}
+	}()
+	l.active = nil
+	fn()
+}
+
 func (l *eventLoop) sweep() {
 	for c := range l.clients {
-		c.checkDeadline(l.now)
+		l.safely(c, func() { c.checkDeadline(l.now) })
 	}
 	for _, p := range l.pools {
 		p.expire(l.now)
@@ -343,7 +410,7 @@ func (l *eventLoop) beginShutdown() {
 
 func (l *eventLoop) closeAll() {
 	for c := range l.clients {
-		c.abort()
+		l.safely(c, c.abort)
 	}
 }
 
@@ -452,7 +519,9 @@ var tooManyConcurrent = []byte("HTTP/1.1 503 Service Unavailable\r\nConnection: 
 // admitConn applies the connection limits (the server's concurrency and
 // MaxConnsPerIP) and sets the socket options of an accepted connection.
 func (s *LoopServer) admitConn(fd int, remote *net.TCPAddr) bool {
-	if limit := s.settings.Concurrency; limit > 0 && s.conns.Load() >= int64(limit) {
+	// The fallback's connections count too: together they stay within
+	// the limit (the fallback also keeps its own share within it).
+	if limit := s.settings.Concurrency; limit > 0 && s.conns.Load()+int64(s.fallback.GetOpenConnectionsCount()) >= int64(limit) {
 		_, _ = unix.Write(fd, tooManyConcurrent)
 		_ = unix.Close(fd)
 		return false

@@ -76,6 +76,7 @@ func (c *clientConn) handle(ev uint32) {
 // writes what is pending, relays the response in progress, then reads and
 // serves the next request.
 func (c *clientConn) progress() {
+	c.loop.active = c
 	for !c.closed {
 		if c.outOff < len(c.out) && !c.flush() {
 			return
@@ -342,6 +343,31 @@ func (c *clientConn) abort() {
 		c.x.abort()
 	}
 	c.close()
+}
+
+// kill closes the connection after a panic, touching as little as
+// possible of the state the panic left: the request in progress is
+// dropped, not settled (settling may be what panicked).
+func (c *clientConn) kill() {
+	if c.closed {
+		return
+	}
+	if x := c.x; x != nil {
+		c.x = nil
+		if b := x.backend; b != nil {
+			x.backend, b.x = nil, nil
+			b.close()
+		}
+		if x.call != nil && x.call.member != nil { // not released yet
+			x.call.member.InFlight.Add(-1)
+			x.call.member.Session.InFlight.Add(-1)
+		}
+		x.call, x.ctx = nil, nil
+	}
+	c.closed = true
+	c.loop.unregister(c.fd)
+	_ = unix.Close(c.fd)
+	c.release()
 }
 
 func (c *clientConn) close() {

@@ -244,7 +244,6 @@ func (x *loopExchange) readHeader() bool {
 func (x *loopExchange) startResponse() {
 	c := x.client
 	l := c.loop
-	p := l.srv.proxy
 	m, cfg, call := x.plan.member, x.plan.cfg, x.call
 	resp := &call.resp
 	now := time.Unix(0, l.now)
@@ -281,7 +280,6 @@ func (x *loopExchange) startResponse() {
 	x.headerSent = true
 	x.phase = phaseBody
 	x.deadline = l.now + int64(x.bodyIdle())
-	_ = p
 	if len(x.backend.in) > 0 {
 		body := x.backend.in
 		take, done, err := x.frame.scan(body)

@@ -5,6 +5,7 @@ package upstream
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 
 	"github.com/valyala/fasthttp"
@@ -26,5 +27,6 @@ func (s *LoopServer) Serve(net.Listener) error {
 
 func (s *LoopServer) Shutdown(context.Context) error { return nil }
 
-func (s *LoopServer) Conns() int64     { return 0 }
-func (s *LoopServer) Handoffs() uint64 { return 0 }
+func (s *LoopServer) WriteMetrics(io.Writer) {}
+func (s *LoopServer) Conns() int64           { return 0 }
+func (s *LoopServer) Handoffs() uint64       { return 0 }

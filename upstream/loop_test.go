@@ -338,3 +338,37 @@ func TestHeaderEnd(t *testing.T) {
 		}
 	}
 }
+
+// boomLog panics on the access-log entry of /boom.
+type boomLog struct{}
+
+func (boomLog) Log(e AccessEntry) {
+	if string(e.URI()) == "/boom" {
+		panic("boom")
+	}
+}
+
+// TestLoopPanicEndsOnlyItsConnection: a panic while a loop serves a
+// request closes that connection; the loop goes on serving the others.
+func TestLoopPanicEndsOnlyItsConnection(t *testing.T) {
+	h := loopHarness(t, Settings{AccessLog: boomLog{}})
+	be := namedBackend(t, "a")
+	h.route("loop.test", "/", h.member(be.URL))
+	other := h.dialRaw()
+	if resp := other.roundTrip(false, "GET /ok HTTP/1.1", "Host: loop.test"); resp.Status != 200 {
+		t.Fatalf("before: %d", resp.Status)
+	}
+	rc := h.dialRaw()
+	_ = rc.conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(rc.conn, "GET /boom HTTP/1.1\r\nHost: loop.test\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(rc.br); err != nil {
+		t.Fatalf("the panicking request's connection: %v, want it closed", err)
+	}
+	for i := 0; i < 3; i++ {
+		if resp := other.roundTrip(false, "GET /ok HTTP/1.1", "Host: loop.test"); resp.Status != 200 || string(resp.Body) != "a" {
+			t.Fatalf("after: %d %q", resp.Status, resp.Body)
+		}
+	}
+}

@@ -41,6 +41,7 @@ type adminServer struct {
 	counters     *upstream.ProxyCounters
 	reg          *registry.Registry
 	accessLog    *upstream.AccessLogWriter // nil without an access log
+	loops        *upstream.LoopServer      // nil without event loops
 	token        string
 	shuttingDown *atomic.Bool
 	started      time.Time
@@ -65,6 +66,9 @@ func newAdmin(a *adminServer) http.Handler {
 	a.metrics.RegisterMetricsWriter(a.reg.WriteMetrics)
 	if a.accessLog != nil {
 		a.metrics.RegisterMetricsWriter(a.accessLog.WriteMetrics)
+	}
+	if a.loops != nil {
+		a.metrics.RegisterMetricsWriter(a.loops.WriteMetrics)
 	}
 	a.metrics.NewGauge("goproxy_start_time_seconds", func() float64 { return float64(a.started.UnixNano()) / 1e9 })
 	a.metrics.NewGauge("goproxy_ready", func() float64 {

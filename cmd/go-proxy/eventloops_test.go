@@ -45,6 +45,17 @@ func TestServeEventLoops(t *testing.T) {
 	if code, body := do("POST", "/b", "payload"); code != 200 || body != "POST /b payload" {
 		t.Fatalf("POST: %d %q", code, body)
 	}
+	resp, err := http.Get("http://" + p.ls.Admin.String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"goproxy_event_loops 2\n", "goproxy_event_loop_handoffs_total 1\n", "goproxy_event_loop_connections "} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
 	slow := make(chan string, 1)
 	go func() { _, body := do("GET", "/slow", ""); slow <- body }()
 	time.Sleep(200 * time.Millisecond)

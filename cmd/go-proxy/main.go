@@ -238,7 +238,7 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger, ready chan<- list
 	cfg.closeUnusedInherited(log)
 	admin := &http.Server{Handler: newAdmin(&adminServer{ // admin.go
 		table: table, counters: proxyCounters, reg: reg, accessLog: accessLog.writer(),
-		token: cfg.AdminToken, shuttingDown: &shuttingDown,
+		token: cfg.AdminToken, shuttingDown: &shuttingDown, loops: loops,
 	}), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = admin.Serve(adminLn) }()
 
