@@ -82,8 +82,8 @@ func (x *loopExchange) first() bool {
 		return false
 	}
 	x.plan = pl
+	c.x = x // before begin, which may already fail the exchange
 	x.begin()
-	c.x = x
 	return true
 }
 
