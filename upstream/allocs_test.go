@@ -21,17 +21,8 @@ import (
 // clientStreamBody and its three closures, 4 objects); our own code must
 // add nothing.
 func TestProxyHandleAllocs(t *testing.T) {
-	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) { ctx.SetBody(benchBody) }, NoDefaultServerHeader: true, NoDefaultDate: true}
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Shutdown() })
 	h := newHarness(t, Settings{})
-	m := h.member("http://" + ln.Addr().String())
-	m.SetRateLimit(1<<40, time.Second)
-	h.route("bench.test", "/", m)
+	allocsRoute(t, h)
 	var ctx fasthttp.RequestCtx
 	var req fasthttp.Request
 	req.SetRequestURI("http://bench.test/")
@@ -56,6 +47,21 @@ func TestProxyHandleAllocs(t *testing.T) {
 	if n > 0 {
 		t.Errorf("a forwarded GET allocates %.0f objects per request; want 0", n)
 	}
+}
+
+// allocsRoute routes bench.test on h to an in-process fasthttp backend
+// answering benchBody, with a rate limit no request reaches.
+func allocsRoute(t *testing.T, h *harness) {
+	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) { ctx.SetBody(benchBody) }, NoDefaultServerHeader: true, NoDefaultDate: true}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Shutdown() })
+	m := h.member("http://" + ln.Addr().String())
+	m.SetRateLimit(1<<40, time.Second)
+	h.route("bench.test", "/", m)
 }
 
 // TestSockConnAllocs: a sockConn's deadlines, Read and Write allocate

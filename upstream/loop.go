@@ -467,9 +467,9 @@ func (l *eventLoop) releaseBuf(b []byte) {
 	}
 }
 
-// parseRequestHeader parses a complete request header block from b into h
-// and returns the bytes it took.
-func (l *eventLoop) parseRequestHeader(h *fasthttp.RequestHeader, b []byte) (int, error) {
+// parseHeader parses a complete request or response header block from b
+// into h and returns the bytes it took.
+func (l *eventLoop) parseHeader(h interface{ Read(*bufio.Reader) error }, b []byte) (int, error) {
 	l.rd.Reset(b)
 	l.br.Reset(&l.rd)
 	if err := h.Read(l.br); err != nil {
@@ -478,14 +478,25 @@ func (l *eventLoop) parseRequestHeader(h *fasthttp.RequestHeader, b []byte) (int
 	return len(b) - l.br.Buffered() - l.rd.Len(), nil
 }
 
-// parseResponseHeader does the same for a response header block.
-func (l *eventLoop) parseResponseHeader(h *fasthttp.ResponseHeader, b []byte) (int, error) {
-	l.rd.Reset(b)
-	l.br.Reset(&l.rd)
-	if err := h.Read(l.br); err != nil {
-		return 0, err
+// readiness is what edge-triggered epoll has said of a socket and no
+// system call has taken back yet.
+type readiness struct {
+	readReady, writeReady bool
+	// peerClosed: the peer's close came. A short read then no longer
+	// means the socket is empty, as the end after it is no new edge.
+	peerClosed bool
+}
+
+func (r *readiness) note(ev uint32) {
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		r.readReady = true
 	}
-	return len(b) - l.br.Buffered() - l.rd.Len(), nil
+	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		r.peerClosed = true
+	}
+	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		r.writeReady = true
+	}
 }
 
 type listenerHandler struct{ l *eventLoop }

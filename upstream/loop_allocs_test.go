@@ -9,25 +9,14 @@ import (
 	"net/http"
 	"testing"
 	"time"
-
-	"github.com/valyala/fasthttp"
 )
 
 // TestLoopAllocs: a GET forwarded by an event loop allocates nothing, in
 // the loop or (measured together, as allocations are process-wide) in the
 // in-process backend and client.
 func TestLoopAllocs(t *testing.T) {
-	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) { ctx.SetBody(benchBody) }, NoDefaultServerHeader: true, NoDefaultDate: true}
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Shutdown() })
 	h := loopHarness(t, Settings{})
-	m := h.member("http://" + ln.Addr().String())
-	m.SetRateLimit(1<<40, time.Second)
-	h.route("bench.test", "/", m)
+	allocsRoute(t, h)
 
 	conn, err := net.Dial("tcp4", h.addr)
 	if err != nil {

@@ -21,26 +21,15 @@ type loopBackend struct {
 	out    []byte // the request; out[outOff:] is not written yet
 	outOff int
 
-	readReady, writeReady bool
-	peerClosed            bool
-	broken                bool // unfit for another exchange
-	closed                bool
-	exchanges             int
-	idleSince             int64
+	readiness
+	broken    bool // unfit for another exchange
+	closed    bool
+	exchanges int
+	idleSince int64
 }
 
 func (b *loopBackend) handle(ev uint32) {
-	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		b.readReady = true
-	}
-	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		// The peer's close came: a short read no longer means the
-		// socket is empty, as the end after it is no new edge.
-		b.peerClosed = true
-	}
-	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		b.writeReady = true
-	}
+	b.note(ev)
 	if b.x != nil {
 		b.x.client.progress()
 		return
@@ -213,7 +202,7 @@ func (p *loopPool) dial(x *loopExchange) {
 				x.dialed(seq, nil, err)
 				return
 			}
-			b := &loopBackend{loop: l, pool: p, fd: fd, readReady: false, writeReady: true, exchanges: 1}
+			b := &loopBackend{loop: l, pool: p, fd: fd, readiness: readiness{writeReady: true}, exchanges: 1}
 			if rerr := l.register(fd, b); rerr != nil {
 				_ = unix.Close(fd)
 				p.conns--

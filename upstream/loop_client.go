@@ -24,10 +24,9 @@ type clientConn struct {
 	out    []byte // bytes for the client; out[outOff:] are not written yet
 	outOff int
 
-	readReady, writeReady bool
-	peerClosed            bool
-	closed                bool
-	closeAfter            bool // close once the response in progress is out
+	readiness
+	closed     bool
+	closeAfter bool // close once the response in progress is out
 
 	x        *loopExchange // the request in progress (&exchange), nil between requests
 	exchange loopExchange
@@ -46,7 +45,7 @@ func (l *eventLoop) addClient(fd int, remote *net.TCPAddr) {
 		l.srv.releaseConn(remote)
 		return
 	}
-	c := &clientConn{loop: l, fd: fd, remote: remote, in: make([]byte, 0, 4<<10), readReady: true, writeReady: true}
+	c := &clientConn{loop: l, fd: fd, remote: remote, in: make([]byte, 0, 4<<10), readiness: readiness{readReady: true, writeReady: true}}
 	if err := l.register(fd, c); err != nil {
 		_ = unix.Close(fd)
 		l.srv.releaseConn(remote)
@@ -58,17 +57,7 @@ func (l *eventLoop) addClient(fd int, remote *net.TCPAddr) {
 }
 
 func (c *clientConn) handle(ev uint32) {
-	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		c.readReady = true
-	}
-	if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		// The peer's close came: a short read no longer means the
-		// socket is empty, as the end after it is no new edge.
-		c.peerClosed = true
-	}
-	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		c.writeReady = true
-	}
+	c.note(ev)
 	c.progress()
 }
 
@@ -201,7 +190,7 @@ func (c *clientConn) serveBuffered() bool {
 	l := c.loop
 	ctx := l.acquireCtx(c)
 	h := &ctx.Request.Header
-	n, err := l.parseRequestHeader(h, c.in[:end])
+	n, err := l.parseHeader(h, c.in[:end])
 	if err != nil || n != end || !servedByLoop(h) {
 		l.releaseCtx(ctx)
 		c.handoff()
@@ -284,7 +273,7 @@ func (c *clientConn) dispatch(ctx *fasthttp.RequestCtx) bool {
 		return false
 	}
 	x := newLoopExchange(c, ctx, pool, start, present)
-	return x.first()
+	return x.attempt()
 }
 
 // respond sends the response the proxy generated in ctx and ends the

@@ -63,9 +63,9 @@ func newLoopExchange(c *clientConn, ctx *fasthttp.RequestCtx, pool *router.Pool[
 	return x
 }
 
-// first picks a member and starts forwarding to it. It returns false
+// attempt picks a member and starts forwarding to it. It returns false
 // (having undone the pick) when the chosen target needs the fallback.
-func (x *loopExchange) first() bool {
+func (x *loopExchange) attempt() bool {
 	c := x.client
 	p := c.loop.srv.proxy
 	pl, ok := p.pick(x.ctx, x.pool, c.loop.now, x.tried, x.start, x.present, false)
@@ -219,7 +219,7 @@ func (x *loopExchange) readHeader() bool {
 			}
 			return true
 		}
-		consumed, err := l.parseResponseHeader(&resp.Header, b.in[:end])
+		consumed, err := l.parseHeader(&resp.Header, b.in[:end])
 		if err != nil || consumed != end {
 			x.backendFailed(errors.New("malformed backend response header"))
 			return true
@@ -484,7 +484,7 @@ func (x *loopExchange) fail(err error) {
 		x.attempts++
 		c.x = nil
 		x.retried = false
-		if !x.attempt2() {
+		if !x.attempt() {
 			c.closeAfter = true // the fallback cannot take a request already begun
 			writeText(x.ctx, fasthttp.StatusBadGateway, bodyBadGateway)
 			p.recordGenerated(x.ctx, m, x.start)
@@ -500,29 +500,6 @@ func (x *loopExchange) fail(err error) {
 		p.writeForwardError(x.ctx, m, err, x.start)
 	}
 	c.respond(x.ctx)
-}
-
-// attempt2 is first for a retry: the request is the loop's for good.
-func (x *loopExchange) attempt2() bool {
-	c := x.client
-	p := c.loop.srv.proxy
-	pl, ok := p.pick(x.ctx, x.pool, c.loop.now, x.tried, x.start, x.present, false)
-	if !ok {
-		c.respond(x.ctx)
-		return true
-	}
-	if !loopCanForward(pl.cfg.Backend) {
-		if !pl.maintenance {
-			pl.member.Breaker.Release(pl.trial)
-			pl.member.refundToken()
-		}
-		return false
-	}
-	x.plan = pl
-	c.x = x
-	x.headerSent = false
-	x.begin()
-	return true
 }
 
 // abort ends the exchange because the client went away or ran out of
