@@ -279,7 +279,7 @@ func (x *loopExchange) startResponse() {
 	c.outOff = 0
 	x.headerSent = true
 	x.phase = phaseBody
-	x.deadline = l.now + int64(x.bodyIdle())
+	x.deadline = x.bodyDeadline()
 	if len(x.backend.in) > 0 {
 		body := x.backend.in
 		take, done, err := x.frame.scan(body)
@@ -337,7 +337,7 @@ func (x *loopExchange) readBody() bool {
 	if chunked {
 		c.out, c.outOff = buf[:lo+n+2], frameChunk(buf, lo, n)
 		x.call.sent += int64(n)
-		x.deadline = c.loop.now + int64(x.bodyIdle())
+		x.deadline = x.bodyDeadline()
 		return true
 	}
 	take, done, ferr := x.frame.scan(buf[:n])
@@ -350,7 +350,7 @@ func (x *loopExchange) readBody() bool {
 	}
 	c.out, c.outOff = buf[:take], 0
 	x.call.sent += int64(take)
-	x.deadline = c.loop.now + int64(x.bodyIdle())
+	x.deadline = x.bodyDeadline()
 	if done {
 		x.complete()
 	}
@@ -396,11 +396,13 @@ func appendChunk(dst, p []byte) []byte {
 	return append(dst, '\r', '\n')
 }
 
-func (x *loopExchange) bodyIdle() time.Duration {
+// bodyDeadline is when the body must next make progress; 0 (none) when the
+// transport sets no bound.
+func (x *loopExchange) bodyDeadline() int64 {
 	if d := x.plan.cfg.Backend.bodyIdle; d > 0 {
-		return d
+		return x.client.loop.now + int64(d)
 	}
-	return time.Duration(1<<63 - 1)
+	return 0
 }
 
 // complete settles a response whose body the backend has sent in full.

@@ -277,6 +277,27 @@ func TestLoopRetriesClosedKeepAlive(t *testing.T) {
 	}
 }
 
+// TestLoopBodyWithoutIdleBound: with no body-idle bound in the transport,
+// a body that pauses is relayed whole (no deadline is set, rather than one
+// that has already passed).
+func TestLoopBodyWithoutIdleBound(t *testing.T) {
+	h := loopHarness(t, Settings{})
+	s := DefaultTransportSettings
+	s.BodyIdle = 0
+	h.transport = NewTransport(s)
+	slow := namedHandler(t, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "first ")
+		w.(http.Flusher).Flush()
+		time.Sleep(700 * time.Millisecond) // longer than the deadline sweep
+		_, _ = io.WriteString(w, "second")
+	})
+	h.route("slow.test", "/", h.member(slow.URL))
+	resp := h.dialRaw().roundTrip(false, "GET / HTTP/1.1", "Host: slow.test")
+	if resp.Status != 200 || string(resp.Body) != "first second" {
+		t.Fatalf("%d %q", resp.Status, resp.Body)
+	}
+}
+
 func TestChunkScanner(t *testing.T) {
 	body := "5\r\nhello\r\n1;ext=1\r\n \r\n0\r\nTrailer: x\r\n\r\n"
 	for split := 0; split <= len(body); split++ {
