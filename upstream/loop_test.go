@@ -13,6 +13,7 @@ import (
 	"net/http/httputil"
 	"os"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 )
@@ -256,24 +257,46 @@ func TestLoopShutdown(t *testing.T) {
 	}
 }
 
-// TestLoopRetriesClosedKeepAlive: a backend that closes each connection
-// after its response, without saying so, costs the client nothing: the
-// request that finds the pooled connection closed is sent again on a new
-// one.
+// TestLoopRetriesClosedKeepAlive: a backend that closes keep-alive
+// connections costs the client nothing. One that closes each connection
+// after its response, unannounced, is seen by the idle pool; one that
+// takes a second request on a connection and closes it without an answer
+// is met by the request itself, which is sent again on a new connection.
 func TestLoopRetriesClosedKeepAlive(t *testing.T) {
 	h := loopHarness(t, Settings{})
-	url := rawBackend(t, func(req *http.Request, conn net.Conn) bool {
+	closer := rawBackend(t, func(req *http.Request, conn net.Conn) bool {
 		_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 		return false
 	})
-	h.route("app.test", "/", h.member(url))
+	var mu sync.Mutex
+	served := map[net.Conn]int{}
+	dropper := rawBackend(t, func(req *http.Request, conn net.Conn) bool {
+		mu.Lock()
+		served[conn]++
+		n := served[conn]
+		mu.Unlock()
+		if n > 1 {
+			return false // read, then closed with no answer
+		}
+		_, _ = io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		return true
+	})
+	h.route("closer.test", "/", h.member(closer))
+	h.route("dropper.test", "/", h.member(dropper))
 	rc := h.dialRaw()
 	for i := 0; i < 5; i++ {
-		time.Sleep(20 * time.Millisecond) // the close reaches the pooled connection or not
-		resp := rc.roundTrip(false, "GET / HTTP/1.1", "Host: app.test")
-		if resp.Status != 200 || string(resp.Body) != "ok" {
-			t.Fatalf("#%d: %d %q", i, resp.Status, resp.Body)
+		time.Sleep(20 * time.Millisecond) // the close reaches the pooled connection
+		for _, host := range []string{"closer.test", "dropper.test"} {
+			resp := rc.roundTrip(false, "GET / HTTP/1.1", "Host: "+host)
+			if resp.Status != 200 || string(resp.Body) != "ok" {
+				t.Fatalf("%s #%d: %d %q", host, i, resp.Status, resp.Body)
+			}
 		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(served) < 5 {
+		t.Errorf("the dropping backend saw %d connections; the requests it dropped were not sent again on new ones", len(served))
 	}
 }
 
