@@ -54,7 +54,7 @@ type LoopServer struct {
 	next     atomic.Uint32
 	conns    atomic.Int64
 	handoffs atomic.Uint64
-	closing  atomic.Bool
+	closing  bool // under mu
 	done     sync.WaitGroup
 	lnFD     int
 }
@@ -94,7 +94,7 @@ func (s *LoopServer) Serve(ln net.Listener) error {
 func (s *LoopServer) start(ln net.Listener) (err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closing.Load() || s.loops != nil {
+	if s.closing || s.loops != nil {
 		return errors.New("loop server closed or already serving")
 	}
 	tl, ok := ln.(*net.TCPListener)
@@ -151,7 +151,7 @@ func (s *LoopServer) start(ln net.Listener) (err error) {
 // idle connections; when ctx ends first, it closes the rest.
 func (s *LoopServer) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	s.closing.Store(true)
+	s.closing = true
 	loops := s.loops
 	s.mu.Unlock()
 	for _, l := range loops {
@@ -304,7 +304,7 @@ func (l *eventLoop) drainInbox() {
 }
 
 func (l *eventLoop) run() {
-	lockThread()
+	runtime.LockOSThread()
 	defer l.srv.done.Done()
 	var events [128]unix.EpollEvent
 	lastSweep := time.Now().UnixNano()
@@ -313,6 +313,9 @@ func (l *eventLoop) run() {
 		// (it cannot block); only a poll that may sleep is a blocking
 		// system call that lets the runtime hand the P on.
 		n, err := epollNow(l.ep, events[:])
+		if err == unix.EINTR {
+			n, err = 0, nil
+		}
 		if n == 0 && err == nil {
 			n, err = unix.EpollWait(l.ep, events[:], int(loopSweep/time.Millisecond))
 		}
@@ -410,7 +413,7 @@ func (l *eventLoop) beginShutdown() {
 
 func (l *eventLoop) closeAll() {
 	for c := range l.clients {
-		l.safely(c, c.abort)
+		l.safely(c, c.close)
 	}
 }
 
@@ -569,16 +572,6 @@ func sockaddrTCP(sa unix.Sockaddr) *net.TCPAddr {
 // epollNow polls without blocking and without entering the scheduler's
 // system-call state.
 func epollNow(ep int, events []unix.EpollEvent) (int, error) {
-	n, err := rawEpollWait(ep, events)
-	if err == unix.EINTR {
-		return 0, nil
-	}
-	return n, err
-}
-
-func lockThread() { runtime.LockOSThread() }
-
-func rawEpollWait(ep int, events []unix.EpollEvent) (int, error) {
 	n, _, errno := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
 	if errno != 0 {
 		return 0, errno

@@ -4,6 +4,7 @@ package upstream
 
 import (
 	"bytes"
+	"io"
 	"net"
 	"os"
 	"time"
@@ -110,7 +111,7 @@ func (c *clientConn) flush() bool {
 		case errno == unix.EINTR:
 			continue
 		case errno != 0:
-			c.abort()
+			c.close()
 			return false
 		}
 		c.outOff += n
@@ -211,18 +212,15 @@ func (c *clientConn) serveBuffered() bool {
 	return true
 }
 
-// servedByLoop reports whether a request header is one the loops serve:
-// HTTP/1.1 with no body, no Expect and no Upgrade. A request without
+// servedByLoop reports whether a request header is one the loops serve as
+// far as its parsed fields tell: HTTP/1.1 with no body. A request without
 // Content-Length or Transfer-Encoding has no body (RFC 9112 §6.3; fasthttp
-// reports -2 for it).
+// reports -2 for it). Expect and Upgrade are told by admission's scan
+// (dispatch), which spares two header lookups per request.
 func servedByLoop(h *fasthttp.RequestHeader) bool {
-	if cl := h.ContentLength(); !bytes.Equal(h.Protocol(), http11) || cl != 0 && cl != -2 {
-		return false
-	}
-	return len(h.PeekCanonical(headerExpect)) == 0 && len(h.PeekCanonical(headerUpgradeName)) == 0
+	cl := h.ContentLength()
+	return bytes.Equal(h.Protocol(), http11) && (cl == 0 || cl == -2)
 }
-
-var headerUpgradeName = []byte("Upgrade")
 
 // headerEnd returns the length of the header block at the head of b (up to
 // and including its empty line) or -1; bare is set when the block ends
@@ -307,7 +305,7 @@ func (c *clientConn) checkDeadline(now int64) {
 		c.x.checkDeadline(now)
 		if c.closed || c.x != nil {
 			if c.outOff < len(c.out) && c.deadline != 0 && now > c.deadline {
-				c.abort()
+				c.close()
 			}
 			return
 		}
@@ -324,14 +322,6 @@ func (c *clientConn) shutdown() {
 	if c.x == nil && c.outOff >= len(c.out) && !c.partial {
 		c.close()
 	}
-}
-
-// abort ends the connection at once, failing a request in progress.
-func (c *clientConn) abort() {
-	if c.x != nil {
-		c.x.abort()
-	}
-	c.close()
 }
 
 // kill closes the connection after a panic, touching as little as
@@ -353,12 +343,10 @@ func (c *clientConn) kill() {
 		}
 		x.call, x.ctx = nil, nil
 	}
-	c.closed = true
-	c.loop.unregister(c.fd)
-	_ = unix.Close(c.fd)
-	c.release()
+	c.drop()
 }
 
+// close ends the connection at once, failing a request in progress.
 func (c *clientConn) close() {
 	if c.closed {
 		return
@@ -366,9 +354,12 @@ func (c *clientConn) close() {
 	if c.x != nil {
 		c.x.abort()
 	}
+	c.drop()
+}
+
+func (c *clientConn) drop() {
 	c.closed = true
-	l := c.loop
-	l.unregister(c.fd)
+	c.loop.unregister(c.fd)
 	_ = unix.Close(c.fd)
 	c.release()
 }
@@ -434,6 +425,25 @@ func (p *prefixConn) Read(b []byte) (int, error) {
 		return n, nil
 	}
 	return p.Conn.Read(b)
+}
+
+// ReadFrom and WriteTo keep the connection's own (sockConn's pooled-buffer
+// copy), which embedding the net.Conn interface would hide.
+func (p *prefixConn) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := p.Conn.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(struct{ io.Writer }{p.Conn}, r)
+}
+
+func (p *prefixConn) WriteTo(w io.Writer) (int64, error) {
+	n, err := w.Write(p.prefix)
+	p.prefix = p.prefix[n:]
+	if err != nil {
+		return int64(n), err
+	}
+	m, err := io.Copy(w, p.Conn)
+	return int64(n) + m, err
 }
 
 // The net.Conn of the request context: addresses only.

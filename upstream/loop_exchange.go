@@ -4,6 +4,7 @@ package upstream
 
 import (
 	"errors"
+	"strconv"
 	"time"
 
 	"github.com/go-proxy/go-proxy/router"
@@ -261,11 +262,9 @@ func (x *loopExchange) startResponse() {
 	switch x.frame.kind {
 	case frameLength:
 		h.SetContentLength(int(x.frame.remaining))
-	case frameChunked:
-		h.SetContentLength(-1)
-	case frameUntilClose:
-		// Relayed as chunks, so that the client's connection outlives
-		// the backend's.
+	case frameChunked, frameUntilClose:
+		// A body that ends with the backend's connection is relayed as
+		// chunks, so that the client's connection outlives it.
 		h.SetContentLength(-1)
 	}
 	if c.closeAfter || l.stopping {
@@ -366,34 +365,22 @@ var lastChunk = []byte("0\r\n\r\n")
 // frameChunk turns the n bytes at buf[lo:] into a chunk: the size line
 // goes just before them and CRLF after. It returns where the chunk starts.
 func frameChunk(buf []byte, lo, n int) int {
+	var line [chunkPrefix]byte
+	size := appendChunkSize(line[:0], n)
 	buf[lo+n], buf[lo+n+1] = '\r', '\n'
-	i := lo - 2
-	buf[i], buf[i+1] = '\r', '\n'
-	for v := n; ; v >>= 4 {
-		i--
-		buf[i] = hexDigits[v&15]
-		if v < 16 {
-			break
-		}
-	}
-	return i
+	return lo - copy(buf[lo-len(size):lo], size)
 }
 
 // appendChunk appends p to dst as one chunk.
 func appendChunk(dst, p []byte) []byte {
-	var size [16]byte
-	i := len(size)
-	for v := len(p); ; v >>= 4 {
-		i--
-		size[i] = hexDigits[v&15]
-		if v < 16 {
-			break
-		}
-	}
-	dst = append(dst, size[i:]...)
-	dst = append(dst, '\r', '\n')
+	dst = appendChunkSize(dst, len(p))
 	dst = append(dst, p...)
 	return append(dst, '\r', '\n')
+}
+
+// appendChunkSize appends a chunk's size line.
+func appendChunkSize(dst []byte, n int) []byte {
+	return append(strconv.AppendInt(dst, int64(n), 16), '\r', '\n')
 }
 
 // bodyDeadline is when the body must next make progress; 0 (none) when the
