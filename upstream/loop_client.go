@@ -333,10 +333,7 @@ func (c *clientConn) kill() {
 	}
 	if x := c.x; x != nil {
 		c.x = nil
-		if b := x.backend; b != nil {
-			x.backend, b.x = nil, nil
-			b.close()
-		}
+		x.dropBackend()
 		if x.call != nil && x.call.member != nil { // not released yet
 			x.call.member.InFlight.Add(-1)
 			x.call.member.Session.InFlight.Add(-1)

@@ -427,13 +427,8 @@ func (x *loopExchange) end() {
 // when nothing has been sent yet, else the end of the client connection.
 func (x *loopExchange) backendFailed(err error) {
 	b := x.backend
-	answered := false // some of a response came
-	if b != nil {
-		answered = len(b.in) > 0
-		x.backend = nil
-		b.x = nil
-		b.close()
-	}
+	answered := b != nil && len(b.in) > 0 // some of a response came
+	x.dropBackend()
 	if !x.headerSent && b != nil && b.exchanges > 1 && !x.retried && !answered &&
 		isIdempotent(x.ctx) && (err == errBackendClosed || isConnReset(err)) {
 		x.retried = true
@@ -443,22 +438,25 @@ func (x *loopExchange) backendFailed(err error) {
 	x.fail(err)
 }
 
+// dropBackend closes the exchange's backend connection, if it has one:
+// after a failure it is fit for nothing else.
+func (x *loopExchange) dropBackend() {
+	if b := x.backend; b != nil {
+		x.backend, b.x = nil, nil
+		b.close()
+	}
+}
+
 // fail ends the exchange after err.
 func (x *loopExchange) fail(err error) {
 	c := x.client
 	p := c.loop.srv.proxy
 	m := x.plan.member
-	if x.backend != nil {
-		b := x.backend
-		x.backend = nil
-		b.x = nil
-		b.close()
-	}
+	x.dropBackend()
 	if x.headerSent {
 		x.call.failed = true
 		x.call.finish()
 		x.call = nil
-		c.closeAfter = true
 		x.end()
 		c.close()
 		return
@@ -495,12 +493,7 @@ func (x *loopExchange) fail(err error) {
 // time.
 func (x *loopExchange) abort() {
 	c := x.client
-	if x.backend != nil {
-		b := x.backend
-		x.backend = nil
-		b.x = nil
-		b.close()
-	}
+	x.dropBackend()
 	if x.call != nil {
 		if !x.headerSent && !x.plan.maintenance {
 			x.plan.member.Breaker.Release(x.plan.trial)
