@@ -432,24 +432,35 @@ func (l *eventLoop) exit() {
 	l.inboxMu.Unlock()
 }
 
-// acquireCtx returns a request context bound to client c.
-func (l *eventLoop) acquireCtx(c *clientConn) *fasthttp.RequestCtx {
-	var ctx *fasthttp.RequestCtx
-	if k := len(l.ctxFree); k > 0 {
-		ctx = l.ctxFree[k-1]
-		l.ctxFree = l.ctxFree[:k-1]
-	} else {
-		ctx = new(fasthttp.RequestCtx)
+// requestCtx returns c's request context, bound to c once for the
+// connection's life as fasthttp's server binds one (Init2 reads the clock
+// and a global counter, which need not happen per request).
+func (l *eventLoop) requestCtx(c *clientConn) *fasthttp.RequestCtx {
+	if c.ctx == nil {
+		if k := len(l.ctxFree); k > 0 {
+			c.ctx = l.ctxFree[k-1]
+			l.ctxFree = l.ctxFree[:k-1]
+		} else {
+			c.ctx = new(fasthttp.RequestCtx)
+		}
+		c.ctx.Init2(c, nil, false)
 	}
-	ctx.Init2(c, nil, false)
-	return ctx
+	return c.ctx
 }
 
-func (l *eventLoop) releaseCtx(ctx *fasthttp.RequestCtx) {
+// resetCtx clears a request's state from its context at the request's end.
+func resetCtx(ctx *fasthttp.RequestCtx) {
 	ctx.Request.Reset()
 	ctx.Response.Reset()
-	ctx.SetUserValue(nil, nil)
-	l.ctxFree = append(l.ctxFree, ctx)
+}
+
+// releaseCtx takes back a closed connection's context.
+func (l *eventLoop) releaseCtx(c *clientConn) {
+	if c.ctx != nil {
+		resetCtx(c.ctx)
+		l.ctxFree = append(l.ctxFree, c.ctx)
+		c.ctx = nil
+	}
 }
 
 // loopBufSize is the size of the buffers responses are relayed through.

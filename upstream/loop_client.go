@@ -29,7 +29,8 @@ type clientConn struct {
 	closed     bool
 	closeAfter bool // close once the response in progress is out
 
-	x        *loopExchange // the request in progress (&exchange), nil between requests
+	ctx      *fasthttp.RequestCtx // the connection's request context (requestCtx)
+	x        *loopExchange        // the request in progress (&exchange), nil between requests
 	exchange loopExchange
 	requests uint64
 	// deadline ends the current phase: the keep-alive wait, the header's
@@ -189,11 +190,11 @@ func (c *clientConn) serveBuffered() bool {
 		return true
 	}
 	l := c.loop
-	ctx := l.acquireCtx(c)
+	ctx := l.requestCtx(c)
 	h := &ctx.Request.Header
 	n, err := l.parseHeader(h, c.in[:end])
 	if err != nil || n != end || !servedByLoop(h) {
-		l.releaseCtx(ctx)
+		resetCtx(ctx)
 		c.handoff()
 		return true
 	}
@@ -204,7 +205,7 @@ func (c *clientConn) serveBuffered() bool {
 	}
 	if !c.dispatch(ctx) {
 		// For the fallback: the request's bytes are still in c.in.
-		l.releaseCtx(ctx)
+		resetCtx(ctx)
 		c.handoff()
 		return true
 	}
@@ -295,7 +296,7 @@ func (c *clientConn) respond(ctx *fasthttp.RequestCtx) {
 	_ = l.bw.Flush()
 	c.out = l.wbuf.b
 	l.wbuf.b = nil
-	l.releaseCtx(ctx)
+	resetCtx(ctx)
 }
 
 // checkDeadline closes a connection whose current phase has run out of
@@ -365,6 +366,7 @@ func (c *clientConn) drop() {
 func (c *clientConn) release() {
 	l := c.loop
 	delete(l.clients, c)
+	l.releaseCtx(c)
 	l.srv.releaseConn(c.remote)
 	if c.out != nil {
 		l.releaseBuf(c.out)

@@ -418,7 +418,7 @@ func (x *loopExchange) end() {
 	if c.outOff < len(c.out) {
 		c.deadline = c.loop.now + int64(c.loop.srv.settings.WriteTimeout)
 	}
-	c.loop.releaseCtx(x.ctx)
+	resetCtx(x.ctx)
 	x.ctx = nil
 }
 
@@ -508,7 +508,7 @@ func (x *loopExchange) abort() {
 	}
 	c.x = nil
 	if x.ctx != nil {
-		c.loop.releaseCtx(x.ctx)
+		resetCtx(x.ctx)
 		x.ctx = nil
 	}
 }
@@ -530,15 +530,18 @@ func loopCanForward(be *Backend) bool { return !be.TLS }
 // by the loops for this request: a plain-HTTP backend (and maintenance
 // page), and no response compression to apply.
 func poolServedByLoop(members []*Member, ctx *fasthttp.RequestCtx) bool {
-	acceptsEncoding := len(ctx.Request.Header.PeekCanonical(acceptEncVary)) > 0
+	compression := false
 	for _, m := range members {
 		cfg := m.Config()
-		if !loopCanForward(cfg.Backend) || cfg.Compression && acceptsEncoding {
+		if !loopCanForward(cfg.Backend) {
 			return false
 		}
 		if mt := m.maint.Load(); mt != nil && mt.Page != nil && !loopCanForward(mt.Page) {
 			return false
 		}
+		compression = compression || cfg.Compression
 	}
-	return true
+	// The request's Accept-Encoding is looked up only for a route that
+	// compresses.
+	return !compression || len(ctx.Request.Header.PeekCanonical(acceptEncVary)) == 0
 }
