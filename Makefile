@@ -25,7 +25,9 @@ run: build
 	./$(BIN) serve -http-addr :8080 -registry-addr :8081 -admin-addr :9090
 
 # The whole test suite: vet, every test with the race detector, the data
-# plane's tests again served by event loops (UPSTREAM_EVENT_LOOPS), the
+# plane's tests again served by event loops (UPSTREAM_EVENT_LOOPS; with
+# processors to spare, as go-proxy runs them, so that busy loops wait
+# holding their P: upstream/loop.go, wait), the
 # allocation tests (which need the race detector off), the data plane
 # again without it (its socket calls are the release build's only then:
 # upstream/rawsys.go), then a bounded fuzz run of the registry line parser.
@@ -36,7 +38,7 @@ run: build
 test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
-	UPSTREAM_EVENT_LOOPS=2 $(GO) test -race -count=1 -timeout 10m ./upstream/
+	GOMAXPROCS=$$(($$(getconf _NPROCESSORS_ONLN) + 2)) UPSTREAM_EVENT_LOOPS=2 $(GO) test -race -count=1 -timeout 10m ./upstream/
 	$(GO) test -count=1 -run 'Alloc' ./router/
 	$(GO) test -count=1 ./upstream/
 	$(GO) test -run='^$$' -fuzz=FuzzLine -fuzztime=$(FUZZTIME) ./registry/

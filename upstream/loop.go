@@ -39,6 +39,11 @@ import (
 // loopSweep is how often each loop checks its connections' deadlines.
 const loopSweep = 250 * time.Millisecond
 
+// loopBusyWaitMillis bounds a wait that keeps the loop's P (wait, below):
+// long enough to cover the gaps between events of a busy loop, short
+// enough that a loop going idle soon waits as the scheduler sees it.
+const loopBusyWaitMillis = 1
+
 // LoopServer serves a listener's connections on event loops, handing the
 // requests it does not serve itself to fallback.
 type LoopServer struct {
@@ -49,6 +54,7 @@ type LoopServer struct {
 	limiter   *ipLimiter
 
 	n        int
+	holdP    bool       // busy loops may wait keeping their P (wait)
 	mu       sync.Mutex // over loops while they are set up
 	loops    []*eventLoop
 	next     atomic.Uint32
@@ -134,6 +140,10 @@ func (s *LoopServer) start(ln net.Listener) (err error) {
 		loops = append(loops, l)
 	}
 	s.loops = loops
+	// A loop waiting with its P keeps that P from other goroutines (the
+	// HTTPS listener, handed-over connections, health checks, the
+	// registry): only when they keep a P per CPU besides the loops.
+	s.holdP = runtime.GOMAXPROCS(0)-len(loops) >= runtime.NumCPU()
 	for _, l := range loops {
 		if err := l.watchListener(); err != nil {
 			s.loops = nil
@@ -220,6 +230,7 @@ type eventLoop struct {
 	active *clientConn
 
 	listening bool
+	busy      bool // the last wait returned events
 	stopping  bool
 	exited    bool
 }
@@ -309,17 +320,8 @@ func (l *eventLoop) run() {
 	var events [128]unix.EpollEvent
 	lastSweep := time.Now().UnixNano()
 	for !l.exited {
-		// A poll that finds events is made without telling the scheduler
-		// (it cannot block); only a poll that may sleep is a blocking
-		// system call that lets the runtime hand the P on.
-		n, err := epollNow(l.ep, events[:])
-		if err == unix.EINTR {
-			n, err = 0, nil
-		}
-		if n == 0 && err == nil {
-			n, err = unix.EpollWait(l.ep, events[:], int(loopSweep/time.Millisecond))
-		}
-		if err != nil && err != unix.EINTR {
+		n, err := l.wait(events[:])
+		if err != nil {
 			panic("epoll_wait: " + err.Error())
 		}
 		l.now = time.Now().UnixNano()
@@ -341,6 +343,38 @@ func (l *eventLoop) run() {
 			l.exit()
 		}
 	}
+}
+
+// wait returns the loop's next events. A poll, and while the loop is busy
+// a wait of up to loopBusyWaitMillis, are made without telling the
+// scheduler; only after that does the loop wait in a system call the
+// scheduler sees, which lets it hand the P on.
+//
+// Why: a loop under load goes 10 ms without a scheduling event, so sysmon
+// takes its P away whenever it finds the loop in such a wait (17 times a
+// second per loop in a runtime trace of the bench) and, having taken one,
+// wakes every 20 µs for a millisecond; those wake-ups (0.05 per request)
+// preempted the loops and the rest of the bench on the two CPUs. A wait
+// that keeps the P costs only the P (start decides whether one is to
+// spare), and the signal with which the runtime stops the world or
+// preempts still interrupts it (EINTR). An idle loop waits in the
+// scheduler's sight, or sysmon would preempt it every 10 ms.
+func (l *eventLoop) wait(events []unix.EpollEvent) (int, error) {
+	n, err := epollRaw(l.ep, events, 0)
+	if n == 0 && err == nil && l.busy && l.srv.holdP {
+		n, err = epollRaw(l.ep, events, loopBusyWaitMillis)
+	}
+	if err == unix.EINTR {
+		n, err = 0, nil
+	}
+	if n == 0 && err == nil {
+		n, err = unix.EpollWait(l.ep, events, int(loopSweep/time.Millisecond))
+	}
+	if err == unix.EINTR {
+		err = nil
+	}
+	l.busy = n > 0
+	return n, err
 }
 
 // dispatch hands an event to its handler. A panic (a bug, or a request no
@@ -580,10 +614,10 @@ func sockaddrTCP(sa unix.Sockaddr) *net.TCPAddr {
 	return &net.TCPAddr{}
 }
 
-// epollNow polls without blocking and without entering the scheduler's
+// epollRaw waits up to millis without entering the scheduler's
 // system-call state.
-func epollNow(ep int, events []unix.EpollEvent) (int, error) {
-	n, _, errno := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+func epollRaw(ep int, events []unix.EpollEvent, millis int) (int, error) {
+	n, _, errno := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(ep), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(millis), 0, 0)
 	if errno != 0 {
 		return 0, errno
 	}

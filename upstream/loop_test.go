@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -45,6 +46,39 @@ func TestLoopServesSimpleRequests(t *testing.T) {
 	}
 	if n := h.loops.Handoffs(); n != 0 {
 		t.Fatalf("%d connections handed off, want 0", n)
+	}
+}
+
+// TestLoopWaitHoldingP: the loops wait holding their P only when the
+// rest of the proxy keeps a P per CPU besides them, and serve the same
+// either way, whether a request comes while the loop is busy (the short
+// wait that keeps the P) or after it went idle (the scheduler's wait).
+func TestLoopWaitHoldingP(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	for _, tc := range []struct {
+		procs int
+		hold  bool
+	}{{runtime.NumCPU() + 2, true}, {runtime.NumCPU() + 1, false}} {
+		runtime.GOMAXPROCS(tc.procs)
+		h := loopHarness(t, Settings{})
+		be := namedBackend(t, "a")
+		h.route("loop.test", "/", h.member(be.URL))
+		c := httpClient()
+		for i := 0; i < 20; i++ {
+			if i%5 == 4 {
+				time.Sleep(3 * loopBusyWaitMillis * time.Millisecond)
+			}
+			status, _, body := h.do(c, "GET", "loop.test", "/x", nil)
+			if status != 200 || body != "a" {
+				t.Fatalf("GOMAXPROCS %d, request %d: %d %q", tc.procs, i, status, body)
+			}
+		}
+		h.loops.mu.Lock() // set by start, under mu
+		hold := h.loops.holdP
+		h.loops.mu.Unlock()
+		if hold != tc.hold {
+			t.Fatalf("GOMAXPROCS %d, 2 loops: holdP %v, want %v", tc.procs, hold, tc.hold)
+		}
 	}
 }
 

@@ -128,7 +128,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 		{"http-max-headers", "PROXY_HTTP_MAX_HEADERS", "100", "header lines of a client request; more get 431", num(&c.HTTPMaxHeaders)},
 		{"http-max-header-size", "PROXY_HTTP_MAX_HEADER_SIZE", "16384", "bytes of a client request line plus headers; more get 431", num(&c.HTTPMaxHeaderSize)},
 		{"event-loops", "PROXY_EVENT_LOOPS", "auto", "event loops serving plaintext HTTP without a goroutine per connection; the requests they do not serve go to the goroutine-per-connection server (auto: one per CPU on Linux; 0: off; off with ACME or the HTTPS redirect)", loopCount(&c.EventLoops)},
-		{"extra-procs", "PROXY_EXTRA_PROCS", "6", "Go processors beyond the CPUs, for latency on shared cores (0: Go's default; the GOMAXPROCS variable overrides)", num(&c.ExtraProcs)},
+		{"extra-procs", "PROXY_EXTRA_PROCS", "6", "Go processors beyond the CPUs, for latency on shared cores; at least the number of event loops (0: Go's default; the GOMAXPROCS variable overrides)", num(&c.ExtraProcs)},
 		{"backend-allow", "PROXY_BACKEND_ALLOW", "", "comma-separated CIDRs backends, health checks, BACKEND_TEST and maintenance pages may connect to (unset: all)", str(&c.BackendAllow)},
 		{"access-log", "PROXY_ACCESS_LOG", "", `access log: "stdout" or a file path, reopened on SIGHUP (unset: off)`, str(&c.AccessLog)},
 		{"access-log-format", "PROXY_ACCESS_LOG_FORMAT", "json", "access log format: json (one object per line) or common (Common Log Format)", str(&c.AccessLogFormat)},

@@ -60,7 +60,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		fmt.Fprintln(stderr, "go-proxy:", err)
 		return 2
 	}
-	log.Debug("processors", "gomaxprocs", extraProcs(cfg.ExtraProcs, getenv))
+	log.Debug("processors", "gomaxprocs", extraProcs(cfg.ExtraProcs, cfg.EventLoops, getenv))
 	if cfg.inherited, err = inheritedListeners(getenv); err != nil {
 		fmt.Fprintln(stderr, "go-proxy:", err)
 		return 2

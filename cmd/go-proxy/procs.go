@@ -2,7 +2,8 @@ package main
 
 import "runtime"
 
-// extraProcs raises GOMAXPROCS above Go's default by extra, unless the
+// extraProcs raises GOMAXPROCS above Go's default by extra, and by at
+// least the number of event loops when extra is not 0, unless the
 // GOMAXPROCS environment variable sets it. It returns the value in effect.
 //
 // Why: on a node whose cores are shared (a Swarm node runs services beside
@@ -13,7 +14,14 @@ import "runtime"
 // batches instead: more processors than CPUs trade some CPU for a lower
 // p99. The measurements behind the default are in the README ("Bench
 // suite").
-func extraProcs(extra int, getenv func(string) string) int {
+//
+// The loops: a busy loop waits for its next events holding its P, which
+// it does only while the rest of the proxy keeps a P per CPU besides the
+// loops' (upstream/loop.go, wait).
+func extraProcs(extra, loops int, getenv func(string) string) int {
+	if extra > 0 {
+		extra = max(extra, loops)
+	}
 	if extra > 0 && getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + extra)
 	}
