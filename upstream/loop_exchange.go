@@ -212,20 +212,26 @@ func (x *loopExchange) readHeader() bool {
 	}
 	b.in = b.in[:len(b.in)+n]
 	resp := &x.call.resp
+	// off is where the next header starts: the body that came with the
+	// header is relayed from where it lies, not moved to the front first.
+	off := 0
 	for {
-		end, _ := headerEnd(b.in)
+		end, _ := headerEnd(b.in[off:])
 		if end < 0 {
+			if off > 0 { // after an interim response: the rest comes later
+				b.in = b.in[:copy(b.in, b.in[off:])]
+			}
 			if len(b.in) >= loopBackendHeaderMax {
 				x.backendFailed(errBackendHeaderTooLarge)
 			}
 			return true
 		}
-		consumed, err := l.parseHeader(&resp.Header, b.in[:end])
+		consumed, err := l.parseHeader(&resp.Header, b.in[off:off+end])
 		if err != nil || consumed != end {
 			x.backendFailed(errors.New("malformed backend response header"))
 			return true
 		}
-		b.in = b.in[:copy(b.in, b.in[end:])]
+		off += end
 		if s := resp.Header.StatusCode(); s >= 100 && s < 200 {
 			if s == fasthttp.StatusSwitchingProtocols {
 				x.backendFailed(errBackendUpgrade)
@@ -236,13 +242,13 @@ func (x *loopExchange) readHeader() bool {
 		}
 		break
 	}
-	x.startResponse()
+	x.startResponse(b.in[off:])
 	return true
 }
 
 // startResponse writes the client's response header, as Proxy.forwardTo
-// builds it, and whatever body came with the backend's header.
-func (x *loopExchange) startResponse() {
+// builds it, and body, which came with the backend's header.
+func (x *loopExchange) startResponse(body []byte) {
 	c := x.client
 	l := c.loop
 	m, cfg, call := x.plan.member, x.plan.cfg, x.call
@@ -279,8 +285,8 @@ func (x *loopExchange) startResponse() {
 	x.headerSent = true
 	x.phase = phaseBody
 	x.deadline = x.bodyDeadline()
-	if len(x.backend.in) > 0 {
-		body := x.backend.in
+	x.backend.in = x.backend.in[:0] // body, in the same array, is copied out below before any read
+	if len(body) > 0 {
 		take, done, err := x.frame.scan(body)
 		if err != nil {
 			x.backendFailed(err)
@@ -295,7 +301,6 @@ func (x *loopExchange) startResponse() {
 		if take < len(body) {
 			x.backend.broken = true // more bytes than the response framed
 		}
-		x.backend.in = x.backend.in[:0]
 		if done {
 			x.complete()
 		}

@@ -334,6 +334,39 @@ func TestLoopRetriesClosedKeepAlive(t *testing.T) {
 	}
 }
 
+// TestLoopSkipsInterimResponses: a backend's 1xx responses are not
+// relayed; the final response after them is, whole, whether it comes in
+// the same read as the interim one or after it.
+func TestLoopSkipsInterimResponses(t *testing.T) {
+	h := loopHarness(t, Settings{})
+	const early = "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+	const final = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+	together := rawBackend(t, func(req *http.Request, conn net.Conn) bool {
+		_, _ = io.WriteString(conn, early+final)
+		return true
+	})
+	apart := rawBackend(t, func(req *http.Request, conn net.Conn) bool {
+		_, _ = io.WriteString(conn, early+final[:20])
+		time.Sleep(30 * time.Millisecond)
+		_, _ = io.WriteString(conn, final[20:])
+		return true
+	})
+	h.route("together.test", "/", h.member(together))
+	h.route("apart.test", "/", h.member(apart))
+	rc := h.dialRaw()
+	for i := 0; i < 3; i++ {
+		for _, host := range []string{"together.test", "apart.test"} {
+			resp := rc.roundTrip(false, "GET / HTTP/1.1", "Host: "+host)
+			if resp.Status != 200 || string(resp.Body) != "hello" {
+				t.Fatalf("%s #%d: %d %q", host, i, resp.Status, resp.Body)
+			}
+		}
+	}
+	if n := h.loops.Handoffs(); n != 0 {
+		t.Errorf("%d handoffs", n)
+	}
+}
+
 // TestLoopBodyWithoutIdleBound: with no body-idle bound in the transport,
 // a body that pauses is relayed whole (no deadline is set, rather than one
 // that has already passed).
