@@ -441,7 +441,7 @@ func (l *eventLoop) beginShutdown() {
 		l.unregister(l.srv.lnFD)
 	}
 	for c := range l.clients {
-		c.shutdown()
+		l.safely(c, c.shutdown)
 	}
 }
 

@@ -17,9 +17,10 @@ import (
 // stands in as the request context's net.Conn, for the client's address;
 // nothing reads or writes through that.
 type clientConn struct {
-	loop   *eventLoop
-	fd     int
-	remote *net.TCPAddr
+	loop     *eventLoop
+	fd       int
+	remote   *net.TCPAddr
+	accepted int64 // unix nanoseconds
 
 	in     []byte // bytes read and not yet served
 	out    []byte // bytes for the client; out[outOff:] are not written yet
@@ -54,7 +55,8 @@ func (l *eventLoop) addClient(fd int, remote *net.TCPAddr) {
 		return
 	}
 	l.clients[c] = struct{}{}
-	c.deadline = time.Now().UnixNano() + int64(l.srv.settings.IdleTimeout)
+	c.accepted = time.Now().UnixNano()
+	c.deadline = c.accepted + int64(l.srv.settings.IdleTimeout)
 	c.progress()
 }
 
@@ -316,14 +318,33 @@ func (c *clientConn) checkDeadline(now int64) {
 	}
 }
 
-// shutdown closes an idle connection now and any other once its response
-// is out.
+// shutdown closes a keep-alive connection with nothing to serve now and
+// any other once its response is out.
 func (c *clientConn) shutdown() {
-	c.closeAfter = true
-	if c.x == nil && c.outOff >= len(c.out) && !c.partial {
+	if c.x != nil || c.outOff < len(c.out) || c.partial {
+		c.closeAfter = true // once the response in progress is out
+		return
+	}
+	// Between requests. One that has arrived is served (with Connection:
+	// close while the loop stops), not reset by the close; so is the first
+	// request of a connection that has not sent it yet, within
+	// newConnGrace: a client retries a request that meets a closing
+	// keep-alive connection, not one that meets a new connection.
+	c.readReady = true
+	c.progress()
+	idle := !c.closed && c.x == nil && c.outOff >= len(c.out) && !c.partial
+	switch {
+	case idle && c.requests > 0:
 		c.close()
+	case idle:
+		c.deadline = min(c.deadline, c.accepted+int64(newConnGrace))
 	}
 }
+
+// newConnGrace is how long a connection that has not sent its first
+// request is given when the server stops, counted from its accept (net/http
+// and fasthttp count a new connection as idle after as long).
+const newConnGrace = 5 * time.Second
 
 // kill closes the connection after a panic, touching as little as
 // possible of the state the panic left: the request in progress is

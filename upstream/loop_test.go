@@ -236,12 +236,17 @@ func TestLoopTimeouts(t *testing.T) {
 	eventually(t, "connections released", func() bool { return srv.Conns() == 0 })
 }
 
-// TestLoopShutdown: a request in progress finishes, idle connections are
-// closed, and Serve returns.
+// TestLoopShutdown: a request in progress finishes; a keep-alive
+// connection with nothing to serve is closed; a request that arrives as
+// the loop stops, on a keep-alive connection or as the first one of a new
+// connection, is served with Connection: close instead of being reset;
+// and Serve returns.
 func TestLoopShutdown(t *testing.T) {
 	h := newHarness(t, Settings{})
 	slow := namedHandler(t, func(w http.ResponseWriter, r *http.Request) {
-		time.Sleep(300 * time.Millisecond)
+		if r.URL.Path == "/slow" {
+			time.Sleep(300 * time.Millisecond)
+		}
 		_, _ = io.WriteString(w, "done")
 	})
 	h.route("slow.test", "/", h.member(slow.URL))
@@ -253,33 +258,65 @@ func TestLoopShutdown(t *testing.T) {
 	srv := NewLoopServer(h.proxy, DefaultServerSettings, DefaultTransportSettings, 2)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	idle, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
+	dial := func() (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		return c, bufio.NewReader(c)
 	}
-	defer idle.Close()
-	busy, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
+	get := func(c net.Conn, br *bufio.Reader, path string) {
+		t.Helper()
+		if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: slow.test\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
 	}
-	defer busy.Close()
-	if _, err := io.WriteString(busy, "GET / HTTP/1.1\r\nHost: slow.test\r\n\r\n"); err != nil {
-		t.Fatal(err)
+	answered := func(what string, br *bufio.Reader, wantClose bool) {
+		t.Helper()
+		resp, err := readRawResponse(br, false)
+		if err != nil || resp.Status != 200 || string(resp.Body) != "done" || (resp.Header.Get("Connection") == "close") != wantClose {
+			t.Fatalf("%s: %v %+v", what, err, resp)
+		}
 	}
-	eventually(t, "both connections accepted", func() bool { return srv.Conns() == 2 })
+	idle, idleR := dial()
+	pending, pendingR := dial()
+	for _, c := range []struct {
+		c  net.Conn
+		br *bufio.Reader
+	}{{idle, idleR}, {pending, pendingR}} {
+		get(c.c, c.br, "/")
+		answered("first request", c.br, false)
+	}
+	fresh, freshR := dial()
+	busy, busyR := dial()
+	get(busy, busyR, "/slow")
+	eventually(t, "connections accepted", func() bool { return srv.Conns() == 4 })
 	time.Sleep(50 * time.Millisecond)
+
+	// Hold the loops so that the shutdown is in their queue before the
+	// pending request arrives: they find both when they run again.
+	for _, l := range srv.loops {
+		l.post(func() { time.Sleep(150 * time.Millisecond) })
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil {
-		t.Fatalf("shutdown: %v", err)
-	}
-	resp, err := readRawResponse(bufio.NewReader(busy), false)
-	if err != nil || resp.Status != 200 || string(resp.Body) != "done" || resp.Header.Get("Connection") != "close" {
-		t.Fatalf("in-flight request: %v %+v", err, resp)
-	}
+	shutdown := make(chan error, 1)
+	go func() { shutdown <- srv.Shutdown(ctx) }()
+	time.Sleep(30 * time.Millisecond)
+	get(pending, pendingR, "/")
+
+	answered("in-flight request", busyR, true)
+	answered("request arriving as the loop stops", pendingR, true)
 	_ = idle.SetReadDeadline(time.Now().Add(2 * time.Second))
 	if _, err := idle.Read(make([]byte, 1)); err != io.EOF {
-		t.Errorf("idle connection: %v, want EOF", err)
+		t.Errorf("idle keep-alive connection: %v, want EOF", err)
+	}
+	get(fresh, freshR, "/")
+	answered("first request of a connection accepted before the shutdown", freshR, true)
+	if err := <-shutdown; err != nil {
+		t.Fatalf("shutdown: %v", err)
 	}
 	select {
 	case err := <-served:
