@@ -83,6 +83,8 @@ func (c *clientConn) progress() {
 		if c.out != nil {
 			c.loop.releaseBuf(c.out)
 			c.out, c.outOff = nil, 0
+			// The response is out: the keep-alive wait begins.
+			c.deadline = c.loop.now + int64(c.loop.srv.settings.IdleTimeout)
 		}
 		if c.closeAfter {
 			c.close()
@@ -202,6 +204,7 @@ func (c *clientConn) serveBuffered() bool {
 	}
 	c.partial = false
 	c.deadline = 0
+	c.requests++
 	if h.ConnectionClose() || l.stopping {
 		c.closeAfter = true
 	}
@@ -299,6 +302,18 @@ func (c *clientConn) respond(ctx *fasthttp.RequestCtx) {
 	c.out = l.wbuf.b
 	l.wbuf.b = nil
 	resetCtx(ctx)
+	c.awaitNext()
+}
+
+// awaitNext sets the deadline that follows a response: for the client to
+// take the rest of it (progress sets the idle one once it has), else for
+// the next request.
+func (c *clientConn) awaitNext() {
+	s := &c.loop.srv.settings
+	c.deadline = c.loop.now + int64(s.IdleTimeout)
+	if c.outOff < len(c.out) {
+		c.deadline = c.loop.now + int64(s.WriteTimeout)
+	}
 }
 
 // checkDeadline closes a connection whose current phase has run out of
@@ -337,7 +352,9 @@ func (c *clientConn) shutdown() {
 	case idle && c.requests > 0:
 		c.close()
 	case idle:
-		c.deadline = min(c.deadline, c.accepted+int64(newConnGrace))
+		if grace := c.accepted + int64(newConnGrace); c.deadline == 0 || c.deadline > grace {
+			c.deadline = grace
+		}
 	}
 }
 

@@ -59,7 +59,6 @@ var (
 // connection and costs no allocation.
 func newLoopExchange(c *clientConn, ctx *fasthttp.RequestCtx, pool *router.Pool[*Member], start time.Time, present headerSet) *loopExchange {
 	x := &c.exchange
-	c.requests++
 	*x = loopExchange{client: c, ctx: ctx, pool: pool, start: start, present: present, seq: c.requests}
 	return x
 }
@@ -419,10 +418,7 @@ func (x *loopExchange) complete() {
 func (x *loopExchange) end() {
 	c := x.client
 	c.x = nil
-	c.deadline = c.loop.now + int64(c.loop.srv.settings.IdleTimeout)
-	if c.outOff < len(c.out) {
-		c.deadline = c.loop.now + int64(c.loop.srv.settings.WriteTimeout)
-	}
+	c.awaitNext()
 	resetCtx(x.ctx)
 	x.ctx = nil
 }

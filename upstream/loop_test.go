@@ -231,8 +231,29 @@ func TestLoopTimeouts(t *testing.T) {
 			time.Sleep(30 * time.Millisecond)
 		}
 	}()
+	// Keep-alive connections wait for their next request within the idle
+	// timeout (not the write timeout), after a proxied response and after
+	// one the proxy made itself (404: no route).
+	h.route("loop.test", "/", h.member(namedBackend(t, "a").URL))
+	keptAlive := func(host string, status int) net.Conn {
+		c, err := net.Dial("tcp4", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: "+host+"\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		if resp, err := readRawResponse(bufio.NewReader(c), false); err != nil || resp.Status != status {
+			t.Fatalf("%s: %v %+v", host, err, resp)
+		}
+		return c
+	}
+	proxied, generated := keptAlive("loop.test", 200), keptAlive("nowhere.test", 404)
 	closedWithin("idle", idle, 2*time.Second)
 	closedWithin("partial header", partial, 2*time.Second)
+	closedWithin("idle after a proxied response", proxied, 2*time.Second)
+	closedWithin("idle after a response of the proxy's own", generated, 2*time.Second)
 	eventually(t, "connections released", func() bool { return srv.Conns() == 0 })
 }
 
