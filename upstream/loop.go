@@ -39,6 +39,10 @@ import (
 // loopSweep is how often each loop checks its connections' deadlines.
 const loopSweep = 250 * time.Millisecond
 
+// shutdownAcceptMax bounds the connections a stopping loop takes from the
+// listen queue (Linux's default somaxconn is 4096, shared by the loops).
+const shutdownAcceptMax = 4096
+
 // loopBusyWaitMillis bounds a wait that keeps the loop's P (wait, below):
 // long enough to cover the gaps between events of a busy loop, short
 // enough that a loop going idle soon waits as the scheduler sees it.
@@ -435,11 +439,15 @@ func (l *eventLoop) sweep() {
 }
 
 func (l *eventLoop) beginShutdown() {
-	l.stopping = true
 	if l.listening {
+		// A connection whose handshake the kernel completed is a client's
+		// as much as an accepted one (its request may be on the way); left
+		// in the queue it would be reset when the listener closes.
+		l.accept(shutdownAcceptMax, false)
 		l.listening = false
 		l.unregister(l.srv.lnFD)
 	}
+	l.stopping = true
 	for c := range l.clients {
 		l.safely(c, c.shutdown)
 	}
@@ -551,10 +559,13 @@ type listenerHandler struct{ l *eventLoop }
 
 // handle accepts the connections waiting and deals them to the loops in
 // turn, so that each loop serves its share however the kernel woke them.
-func (h listenerHandler) handle(uint32) {
-	l := h.l
+func (h listenerHandler) handle(uint32) { h.l.accept(64, true) }
+
+// accept accepts up to limit waiting connections, dealt to the loops in
+// turn or all kept by this one.
+func (l *eventLoop) accept(limit int, deal bool) {
 	s := l.srv
-	for i := 0; i < 64 && l.listening; i++ {
+	for i := 0; i < limit && l.listening; i++ {
 		fd, sa, err := unix.Accept4(s.lnFD, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 		if err != nil {
 			return
@@ -563,11 +574,15 @@ func (h listenerHandler) handle(uint32) {
 		if !s.admitConn(fd, remote) {
 			continue
 		}
-		target := s.loops[int(s.next.Add(1))%len(s.loops)]
+		target := l
+		if deal {
+			target = s.loops[int(s.next.Add(1))%len(s.loops)]
+		}
 		if target == l {
 			l.addClient(fd, remote)
-		} else {
-			target.post(func() { target.addClient(fd, remote) })
+		} else if !target.post(func() { target.addClient(fd, remote) }) {
+			_ = unix.Close(fd) // that loop has ended
+			s.releaseConn(remote)
 		}
 	}
 }

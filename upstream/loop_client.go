@@ -43,11 +43,6 @@ type clientConn struct {
 }
 
 func (l *eventLoop) addClient(fd int, remote *net.TCPAddr) {
-	if l.stopping {
-		_ = unix.Close(fd)
-		l.srv.releaseConn(remote)
-		return
-	}
 	c := &clientConn{loop: l, fd: fd, remote: remote, in: make([]byte, 0, 4<<10), readiness: readiness{readReady: true, writeReady: true}}
 	if err := l.register(fd, c); err != nil {
 		_ = unix.Close(fd)
@@ -57,6 +52,12 @@ func (l *eventLoop) addClient(fd int, remote *net.TCPAddr) {
 	l.clients[c] = struct{}{}
 	c.accepted = time.Now().UnixNano()
 	c.deadline = c.accepted + int64(l.srv.settings.IdleTimeout)
+	if l.stopping {
+		// Accepted before the stop (and dealt here after it): served as
+		// the connections the loop had then are.
+		c.shutdown()
+		return
+	}
 	c.progress()
 }
 

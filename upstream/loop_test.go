@@ -259,9 +259,9 @@ func TestLoopTimeouts(t *testing.T) {
 
 // TestLoopShutdown: a request in progress finishes; a keep-alive
 // connection with nothing to serve is closed; a request that arrives as
-// the loop stops, on a keep-alive connection or as the first one of a new
-// connection, is served with Connection: close instead of being reset;
-// and Serve returns.
+// the loop stops, on a keep-alive connection, as the first one of a new
+// connection or on one still in the listen queue, is served with
+// Connection: close instead of being reset; and Serve returns.
 func TestLoopShutdown(t *testing.T) {
 	h := newHarness(t, Settings{})
 	slow := namedHandler(t, func(w http.ResponseWriter, r *http.Request) {
@@ -327,9 +327,12 @@ func TestLoopShutdown(t *testing.T) {
 	go func() { shutdown <- srv.Shutdown(ctx) }()
 	time.Sleep(30 * time.Millisecond)
 	get(pending, pendingR, "/")
+	queued, queuedR := dial() // in the listen queue, not accepted yet
+	get(queued, queuedR, "/")
 
 	answered("in-flight request", busyR, true)
 	answered("request arriving as the loop stops", pendingR, true)
+	answered("request on a connection queued as the loop stops", queuedR, true)
 	_ = idle.SetReadDeadline(time.Now().Add(2 * time.Second))
 	if _, err := idle.Read(make([]byte, 1)); err != io.EOF {
 		t.Errorf("idle keep-alive connection: %v, want EOF", err)
