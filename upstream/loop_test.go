@@ -319,7 +319,7 @@ func TestLoopShutdown(t *testing.T) {
 	// Hold the loops so that the shutdown is in their queue before the
 	// pending request arrives: they find both when they run again.
 	for _, l := range srv.loops {
-		l.post(func() { time.Sleep(150 * time.Millisecond) })
+		l.post(func() { time.Sleep(500 * time.Millisecond) })
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
