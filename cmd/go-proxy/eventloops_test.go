@@ -29,13 +29,8 @@ func TestServeEventLoops(t *testing.T) {
 	do := func(method, path, body string) (int, string) {
 		req, _ := http.NewRequest(method, "http://"+p.ls.HTTP.String()+path, strings.NewReader(body))
 		req.Host = "app.test"
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+		r := send(t, plainClient, req)
+		return r.status, r.body
 	}
 	for i := 0; i < 3; i++ {
 		if code, body := do("GET", "/a", ""); code != 200 || body != "GET /a " {
