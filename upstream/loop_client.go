@@ -50,15 +50,15 @@ func (l *eventLoop) addClient(fd int, remote *net.TCPAddr) {
 		return
 	}
 	l.clients[c] = struct{}{}
-	c.accepted = time.Now().UnixNano()
+	c.accepted = l.now
 	c.deadline = c.accepted + int64(l.srv.settings.IdleTimeout)
 	if l.stopping {
 		// Accepted before the stop (and dealt here after it): served as
 		// the connections the loop had then are.
 		c.shutdown()
-		return
+	} else {
+		c.progress()
 	}
-	c.progress()
 }
 
 func (c *clientConn) handle(ev uint32) {
