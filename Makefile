@@ -41,6 +41,7 @@ test:
 	GOMAXPROCS=$$(($$(getconf _NPROCESSORS_ONLN) + 2)) UPSTREAM_EVENT_LOOPS=2 $(GO) test -race -count=1 -timeout 10m ./upstream/
 	$(GO) test -count=1 -run 'Alloc' ./router/
 	$(GO) test -count=1 ./upstream/
+	GOMAXPROCS=$$(($$(getconf _NPROCESSORS_ONLN) + 2)) UPSTREAM_EVENT_LOOPS=2 $(GO) test -count=1 -run 'Alloc' ./upstream/
 	$(GO) test -run='^$$' -fuzz=FuzzLine -fuzztime=$(FUZZTIME) ./registry/
 
 fuzz:

@@ -58,7 +58,6 @@ type LoopServer struct {
 	limiter   *ipLimiter
 
 	n        int
-	holdP    bool       // busy loops may wait keeping their P (wait)
 	mu       sync.Mutex // over loops while they are set up
 	loops    []*eventLoop
 	next     atomic.Uint32
@@ -144,11 +143,8 @@ func (s *LoopServer) start(ln net.Listener) (err error) {
 		loops = append(loops, l)
 	}
 	s.loops = loops
-	// A loop waiting with its P keeps that P from other goroutines (the
-	// HTTPS listener, handed-over connections, health checks, the
-	// registry): only when they keep a P per CPU besides the loops.
-	s.holdP = runtime.GOMAXPROCS(0)-len(loops) >= runtime.NumCPU()
 	for _, l := range loops {
+		l.holdP.Store(s.spareProcs())
 		if err := l.watchListener(); err != nil {
 			s.loops = nil
 			return err
@@ -234,7 +230,8 @@ type eventLoop struct {
 	active *clientConn
 
 	listening bool
-	busy      bool // the last wait returned events
+	busy      bool        // the last wait returned events
+	holdP     atomic.Bool // a busy loop may wait keeping its P (wait)
 	stopping  bool
 	exited    bool
 }
@@ -342,6 +339,7 @@ func (l *eventLoop) run() {
 		if l.now-lastSweep >= int64(loopSweep) {
 			lastSweep = l.now
 			l.sweep()
+			l.holdP.Store(l.srv.spareProcs())
 		}
 		if l.stopping && len(l.clients) == 0 {
 			l.exit()
@@ -368,7 +366,7 @@ func (l *eventLoop) run() {
 func (l *eventLoop) wait(events []unix.EpollEvent) (int, error) {
 	var n int
 	var err error
-	if l.busy && l.srv.holdP {
+	if l.busy && l.holdP.Load() {
 		n, err = epollRaw(l.ep, events, loopBusyWaitMillis)
 	} else {
 		n, err = epollRaw(l.ep, events, 0)
@@ -384,6 +382,17 @@ func (l *eventLoop) wait(events []unix.EpollEvent) (int, error) {
 	}
 	l.busy = n > 0
 	return n, err
+}
+
+// spareProcs reports whether the loops may wait keeping their Ps: a loop
+// waiting with its P keeps that P from other goroutines (the HTTPS
+// listener, handed-over connections, health checks, the registry), so only
+// when those keep a P per CPU besides the loops. The loops read it again
+// at every sweep, as GOMAXPROCS can change while they run (a loop holding
+// the only P, waiting for an event that a goroutine without a P was to
+// cause, stalled a request for seconds).
+func (s *LoopServer) spareProcs() bool {
+	return runtime.GOMAXPROCS(0)-s.n >= runtime.NumCPU()
 }
 
 // dispatch hands an event to its handler. A panic (a bug, or a request no

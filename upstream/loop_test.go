@@ -73,13 +73,55 @@ func TestLoopWaitHoldingP(t *testing.T) {
 				t.Fatalf("GOMAXPROCS %d, request %d: %d %q", tc.procs, i, status, body)
 			}
 		}
-		h.loops.mu.Lock() // set by start, under mu
-		hold := h.loops.holdP
-		h.loops.mu.Unlock()
-		if hold != tc.hold {
+		if hold := loopsHoldP(h.loops); hold != tc.hold {
 			t.Fatalf("GOMAXPROCS %d, 2 loops: holdP %v, want %v", tc.procs, hold, tc.hold)
 		}
 	}
+}
+
+// TestLoopHoldFollowsGOMAXPROCS: when GOMAXPROCS falls below what the
+// loops' held waits need while they run, they stop holding their Ps, and
+// requests go on being served (testing.AllocsPerRun sets GOMAXPROCS to 1:
+// a loop then held the only P and a request waited seconds for it).
+func TestLoopHoldFollowsGOMAXPROCS(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(runtime.NumCPU() + 2))
+	h := loopHarness(t, Settings{})
+	be := namedBackend(t, "a")
+	h.route("loop.test", "/", h.member(be.URL))
+	c := httpClient()
+	get := func(phase string, i int) {
+		t.Helper()
+		status, _, body := h.do(c, "GET", "loop.test", "/x", nil)
+		if status != 200 || body != "a" {
+			t.Fatalf("%s, request %d: %d %q", phase, i, status, body)
+		}
+	}
+	for i := 0; i < 50; i++ {
+		get("GOMAXPROCS CPUs+2", i)
+	}
+	if !loopsHoldP(h.loops) {
+		t.Fatal("GOMAXPROCS CPUs+2, 2 loops: the loops do not hold their Ps")
+	}
+	runtime.GOMAXPROCS(1)
+	start := time.Now()
+	for i := 0; i < 500; i++ {
+		get("GOMAXPROCS 1", i)
+	}
+	if loopsHoldP(h.loops) {
+		t.Errorf("GOMAXPROCS 1: the loops still hold their Ps after %v", time.Since(start))
+	}
+}
+
+// loopsHoldP reports whether any of s's loops may wait holding its P.
+func loopsHoldP(s *LoopServer) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.loops {
+		if l.holdP.Load() {
+			return true
+		}
+	}
+	return false
 }
 
 // loopServer is a loop server with its own settings on a harness's proxy
