@@ -143,8 +143,9 @@ func (s *LoopServer) start(ln net.Listener) (err error) {
 		loops = append(loops, l)
 	}
 	s.loops = loops
+	hold := s.spareProcs()
 	for _, l := range loops {
-		l.holdP.Store(s.spareProcs())
+		l.holdP.Store(hold)
 		if err := l.watchListener(); err != nil {
 			s.loops = nil
 			return err
@@ -359,18 +360,16 @@ func (l *eventLoop) run() {
 // second per loop in a runtime trace of the bench) and, having taken one,
 // wakes every 20 µs for a millisecond; those wake-ups (0.05 per request)
 // preempted the loops and the rest of the bench on the two CPUs. A wait
-// that keeps the P costs only the P (start decides whether one is to
-// spare), and the signal with which the runtime stops the world or
+// that keeps the P costs only the P (spareProcs decides whether one is
+// to spare), and the signal with which the runtime stops the world or
 // preempts still interrupts it (EINTR). An idle loop waits in the
 // scheduler's sight, or sysmon would preempt it every 10 ms.
 func (l *eventLoop) wait(events []unix.EpollEvent) (int, error) {
-	var n int
-	var err error
+	millis := 0
 	if l.busy && l.holdP.Load() {
-		n, err = epollRaw(l.ep, events, loopBusyWaitMillis)
-	} else {
-		n, err = epollRaw(l.ep, events, 0)
+		millis = loopBusyWaitMillis
 	}
+	n, err := epollRaw(l.ep, events, millis)
 	if err == unix.EINTR {
 		n, err = 0, nil
 	}

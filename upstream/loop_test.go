@@ -330,7 +330,7 @@ func TestLoopShutdown(t *testing.T) {
 		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 		return c, bufio.NewReader(c)
 	}
-	get := func(c net.Conn, br *bufio.Reader, path string) {
+	get := func(c net.Conn, path string) {
 		t.Helper()
 		if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: slow.test\r\n\r\n"); err != nil {
 			t.Fatal(err)
@@ -349,12 +349,12 @@ func TestLoopShutdown(t *testing.T) {
 		c  net.Conn
 		br *bufio.Reader
 	}{{idle, idleR}, {pending, pendingR}} {
-		get(c.c, c.br, "/")
+		get(c.c, "/")
 		answered("first request", c.br, false)
 	}
 	fresh, freshR := dial()
 	busy, busyR := dial()
-	get(busy, busyR, "/slow")
+	get(busy, "/slow")
 	eventually(t, "connections accepted", func() bool { return srv.Conns() == 4 })
 	time.Sleep(50 * time.Millisecond)
 
@@ -368,9 +368,9 @@ func TestLoopShutdown(t *testing.T) {
 	shutdown := make(chan error, 1)
 	go func() { shutdown <- srv.Shutdown(ctx) }()
 	time.Sleep(30 * time.Millisecond)
-	get(pending, pendingR, "/")
+	get(pending, "/")
 	queued, queuedR := dial() // in the listen queue, not accepted yet
-	get(queued, queuedR, "/")
+	get(queued, "/")
 
 	answered("in-flight request", busyR, true)
 	answered("request arriving as the loop stops", pendingR, true)
@@ -379,7 +379,7 @@ func TestLoopShutdown(t *testing.T) {
 	if _, err := idle.Read(make([]byte, 1)); err != io.EOF {
 		t.Errorf("idle keep-alive connection: %v, want EOF", err)
 	}
-	get(fresh, freshR, "/")
+	get(fresh, "/")
 	answered("first request of a connection accepted before the shutdown", freshR, true)
 	if err := <-shutdown; err != nil {
 		t.Fatalf("shutdown: %v", err)
