@@ -24,13 +24,16 @@ build:
 run: build
 	./$(BIN) serve -http-addr :8080 -registry-addr :8081 -admin-addr :9090
 
+# The data plane served by event loops with processors to spare, as
+# go-proxy runs them, so that busy loops wait holding their P
+# (upstream/loop.go, wait).
+HELD_LOOPS = GOMAXPROCS=$$(($$(getconf _NPROCESSORS_ONLN) + 2)) UPSTREAM_EVENT_LOOPS=2
+
 # The whole test suite: vet, every test with the race detector, the data
-# plane's tests again served by event loops (UPSTREAM_EVENT_LOOPS; with
-# processors to spare, as go-proxy runs them, so that busy loops wait
-# holding their P: upstream/loop.go, wait), the
-# allocation tests (which need the race detector off), the data plane
-# again without it (its socket calls are the release build's only then:
-# upstream/rawsys.go), then a bounded fuzz run of the registry line parser.
+# plane's tests again served by event loops (HELD_LOOPS), the allocation
+# tests (which need the race detector off; the data plane's also with
+# HELD_LOOPS), the data plane again without the race detector (its socket
+# calls are the release build's only then: upstream/rawsys.go), then a bounded fuzz run of the registry line parser.
 # The fuzz budget is a count of inputs, not a duration: Go 1.26's fuzzing
 # coordinator can report its own -fuzztime deadline as a failure on a
 # loaded machine (golang/go#75804, fixed in Go 1.27); a count has no
@@ -38,10 +41,10 @@ run: build
 test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
-	GOMAXPROCS=$$(($$(getconf _NPROCESSORS_ONLN) + 2)) UPSTREAM_EVENT_LOOPS=2 $(GO) test -race -count=1 -timeout 10m ./upstream/
+	$(HELD_LOOPS) $(GO) test -race -count=1 -timeout 10m ./upstream/
 	$(GO) test -count=1 -run 'Alloc' ./router/
 	$(GO) test -count=1 ./upstream/
-	GOMAXPROCS=$$(($$(getconf _NPROCESSORS_ONLN) + 2)) UPSTREAM_EVENT_LOOPS=2 $(GO) test -count=1 -run 'Alloc' ./upstream/
+	$(HELD_LOOPS) $(GO) test -count=1 -run 'Alloc' ./upstream/
 	$(GO) test -run='^$$' -fuzz=FuzzLine -fuzztime=$(FUZZTIME) ./registry/
 
 fuzz:
